@@ -1,0 +1,309 @@
+//! The supervisor's HTTP endpoints: `/healthz` (alive), `/readyz` (every
+//! volume mounted and answering a bounded statfs, checked on each request),
+//! `/metrics` (Prometheus text) and `/status` (JSON).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::sys::Sys;
+use crate::volume::{check_many, SharedStatus};
+
+/// What the endpoints report: the supervisor updates it, requests read it.
+pub struct Registry {
+    volumes: Mutex<Vec<SharedStatus>>,
+    config_error: Mutex<Option<String>>,
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+    sys: Arc<dyn Sys>,
+    check_timeout: Duration,
+}
+
+impl Registry {
+    pub fn new(sys: Arc<dyn Sys>, check_timeout: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            volumes: Mutex::new(Vec::new()),
+            config_error: Mutex::new(None),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            sys,
+            check_timeout,
+        })
+    }
+
+    pub fn set_volumes(&self, volumes: Vec<SharedStatus>) {
+        *self.volumes.lock().expect("registry lock") = volumes;
+    }
+
+    pub fn volumes(&self) -> Vec<SharedStatus> {
+        self.volumes.lock().expect("registry lock").clone()
+    }
+
+    pub fn set_config_error(&self, error: Option<String>) {
+        *self.config_error.lock().expect("registry lock") = error;
+    }
+
+    pub fn config_error(&self) -> Option<String> {
+        self.config_error.lock().expect("registry lock").clone()
+    }
+
+    /// Checks every volume at once; ready when all are mounted and answering.
+    pub async fn check_all(&self) -> bool {
+        check_many(&self.volumes(), &self.sys, self.check_timeout).await
+    }
+
+    pub fn status(&self) -> StatusBody {
+        let volumes: Vec<VolumeBody> = self
+            .volumes()
+            .iter()
+            .map(|s| {
+                let s = s.lock().expect("status lock");
+                VolumeBody {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    mountpoint: s.mountpoint.display().to_string(),
+                    state: s.state(),
+                    pid: s.pid,
+                    restarts: s.restarts,
+                    repairs: s.repairs,
+                    errors: s.errors,
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect();
+        StatusBody { ready: volumes.iter().all(|v| v.state == "ready"), config_error: self.config_error(), volumes }
+    }
+
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let mut out = String::new();
+        let families: [Family; 6] = [
+            ("sidemount_volume_mounted", "gauge", "1 when the volume is mounted at its mountpoint", |v| {
+                u64::from(matches!(v.state, "ready" | "unready"))
+            }),
+            ("sidemount_volume_ready", "gauge", "1 when the volume is mounted and answers a bounded statfs", |v| {
+                u64::from(v.state == "ready")
+            }),
+            ("sidemount_volume_failed", "gauge", "1 while the volume's last start failed", |v| {
+                u64::from(v.state == "failed")
+            }),
+            (
+                "sidemount_volume_repairs_total",
+                "counter",
+                "repairs after the daemon exited or the mount disappeared",
+                |v| v.repairs,
+            ),
+            ("sidemount_volume_restarts_total", "counter", "daemon starts after the first", |v| v.restarts),
+            ("sidemount_volume_errors_total", "counter", "failed starts and checks", |v| v.errors),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for v in &status.volumes {
+                let _ = writeln!(out, "{name}{{volume=\"{}\",type=\"{}\"}} {}", v.name, v.kind, value(v));
+            }
+        }
+        let _ = writeln!(out, "# HELP sidemount_ready 1 when every volume is ready\n# TYPE sidemount_ready gauge");
+        let _ = writeln!(out, "sidemount_ready {}", u64::from(status.ready));
+        let _ = writeln!(out, "# HELP sidemount_config_error 1 while the latest spec change was refused\n# TYPE sidemount_config_error gauge");
+        let _ = writeln!(out, "sidemount_config_error {}", u64::from(status.config_error.is_some()));
+        let _ = writeln!(
+            out,
+            "# HELP sidemount_config_reloads_total spec changes applied\n# TYPE sidemount_config_reloads_total counter"
+        );
+        let _ = writeln!(out, "sidemount_config_reloads_total {}", self.reloads.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP sidemount_config_reload_errors_total spec changes refused\n# TYPE sidemount_config_reload_errors_total counter");
+        let _ = writeln!(out, "sidemount_config_reload_errors_total {}", self.reload_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP sidemount_context_switches_total wakeups of every thread of the supervisor\n# TYPE sidemount_context_switches_total counter");
+        let _ = writeln!(out, "sidemount_context_switches_total {}", crate::sys::context_switches());
+        out
+    }
+}
+
+/// A per-volume metric family: name, type, help, and its value for a volume.
+type Family = (&'static str, &'static str, &'static str, fn(&VolumeBody) -> u64);
+
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    pub ready: bool,
+    pub config_error: Option<String>,
+    pub volumes: Vec<VolumeBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VolumeBody {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mountpoint: String,
+    pub state: &'static str,
+    pub pid: Option<i32>,
+    pub restarts: u64,
+    pub repairs: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// Answers one request.
+pub async fn route(registry: &Registry, method: &Method, path: &str) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into());
+    }
+    match path {
+        "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" => {
+            if registry.check_all().await {
+                (StatusCode::OK, TEXT, "ready\n".into())
+            } else {
+                let mut body = String::from("not ready\n");
+                for v in registry.status().volumes.iter().filter(|v| v.state != "ready") {
+                    let _ = writeln!(
+                        body,
+                        "{}: {}{}",
+                        v.name,
+                        v.state,
+                        v.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+                (StatusCode::SERVICE_UNAVAILABLE, TEXT, body)
+            }
+        }
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", registry.metrics()),
+        "/status" => {
+            let body =
+                serde_json::to_string_pretty(&registry.status()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            (StatusCode::OK, "application/json", body + "\n")
+        }
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found: try /healthz, /readyz, /metrics or /status\n".into()),
+    }
+}
+
+/// Serves the endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let registry = registry.clone();
+                async move {
+                    let (code, content_type, body) = route(&registry, req.method(), req.uri().path()).await;
+                    let response = Response::builder()
+                        .status(code)
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("valid response");
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+/// `sidemount probe`: asks the local supervisor and says yes or no.
+pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("supervisor not reachable at {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| format!("request failed: {e}"))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let ok = head.lines().next().is_some_and(|line| line.split_whitespace().nth(1) == Some("200"));
+    if ok {
+        Ok(body.to_string())
+    } else {
+        Err(body.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Source, Volume};
+    use crate::volume::{Phase, Status};
+
+    struct NoSys;
+    impl Sys for NoSys {
+        fn unmount(&self, _: &std::path::Path, _: crate::sys::Unmount) -> Result<(), nix::errno::Errno> {
+            Ok(())
+        }
+        fn statfs(&self, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
+            Err(nix::errno::Errno::ENOTCONN)
+        }
+        fn bind(&self, _: &std::path::Path, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
+            Ok(())
+        }
+        fn private_tmpfs(&self, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
+            Ok(())
+        }
+        fn has_cap_sys_admin(&self) -> bool {
+            true
+        }
+    }
+
+    fn registry_with(phase: Phase) -> Arc<Registry> {
+        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        let volume = Volume {
+            name: "data".into(),
+            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
+            options: vec![],
+            env: Default::default(),
+            secret_dir: None,
+            secret_name: None,
+        };
+        let mut status = Status::new(&volume, "/sidemount/data".as_ref());
+        status.phase = phase;
+        status.repairs = 3;
+        registry.set_volumes(vec![Arc::new(std::sync::Mutex::new(status))]);
+        registry
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn routes_without_sockets() {
+        let registry = registry_with(Phase::Ready);
+        assert_eq!(route(&registry, &Method::GET, "/healthz").await.0, StatusCode::OK);
+        // statfs fails (ENOTCONN): a dead mount is not ready, and says why.
+        let (code, _, body) = route(&registry, &Method::GET, "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("data: unready"), "{body}");
+        let (_, _, metrics) = route(&registry, &Method::GET, "/metrics").await;
+        assert!(metrics.contains("sidemount_volume_repairs_total{volume=\"data\",type=\"fuse\"} 3"), "{metrics}");
+        assert!(metrics.contains("sidemount_volume_ready{volume=\"data\",type=\"fuse\"} 0"), "{metrics}");
+        let (_, _, status) = route(&registry, &Method::GET, "/status").await;
+        let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(json["volumes"][0]["state"], "unready");
+        assert_eq!(json["ready"], false);
+        assert_eq!(route(&registry, &Method::GET, "/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(route(&registry, &Method::POST, "/healthz").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_volumes_is_ready() {
+        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        assert_eq!(route(&registry, &Method::GET, "/readyz").await.0, StatusCode::OK);
+    }
+}

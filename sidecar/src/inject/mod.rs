@@ -1,0 +1,759 @@
+//! Injection: the one mutation of a pod (template) that adds the `sidemount`
+//! sidecar, shared by the admission webhook and `sidemount inject`.
+//!
+//! It is a pure function over the pod's JSON: the volumes named in the
+//! `sidemount.io/volumes` annotation (and, on request, the ObjectiveFS
+//! FlexVolumes) become emptyDirs that a privileged sidecar mounts onto with
+//! `Bidirectional` propagation; every other container that mounts them gets
+//! `HostToContainer`, so the mount the sidecar makes reaches it.
+
+pub mod flexvolume;
+pub mod krm;
+pub mod manifest;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::settings::{Mode, Settings};
+use crate::spec::{self, Invalid, Problem, RawVolume};
+
+/// Names the pod volumes sidemount serves, in the volume spec format plus `secretName`.
+pub const VOLUMES_ANNOTATION: &str = "sidemount.io/volumes";
+/// Marks an injected pod; its value is the version of sidemount that injected it.
+pub const INJECTED_ANNOTATION: &str = "sidemount.io/injected";
+/// `native` or `legacy`: where the sidecar goes for this pod.
+pub const MODE_ANNOTATION: &str = "sidemount.io/mode";
+/// `"true"`: turn `altalang/ofs` FlexVolumes into sidemount `objectivefs` volumes.
+pub const CONVERT_FLEXVOLUME_ANNOTATION: &str = "sidemount.io/convert-flexvolume";
+/// The pod's `terminationGracePeriodSeconds` before injection raised it (`unset` if it had none).
+pub const ORIGINAL_GRACE_ANNOTATION: &str = "sidemount.io/original-termination-grace-period";
+
+/// The injected container's name.
+pub const CONTAINER_NAME: &str = "sidemount";
+/// Istio's sidecar: sidemount starts after it, because a network filesystem's
+/// traffic is redirected to the proxy as soon as istio-init has run.
+pub const ISTIO_PROXY: &str = "istio-proxy";
+/// Where the sidecar binds each volume (the supervisor's default `SIDEMOUNT_ROOT`).
+pub const MOUNT_ROOT: &str = "/sidemount";
+/// Where the Secret of volume `X` is mounted: `/etc/sidemount/secrets/X`, its `secretDir`.
+pub const SECRETS_ROOT: &str = "/etc/sidemount/secrets";
+/// The pod volume that carries the Secret of volume `X` is `sidemount-secret-X`.
+pub const SECRET_VOLUME_PREFIX: &str = "sidemount-secret-";
+
+/// The version written into `sidemount.io/injected`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The sidecar image injected when neither `--image` nor `SIDEMOUNT_IMAGE` names one:
+/// the image of this very release.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/sidemount/sidemount:", env!("CARGO_PKG_VERSION"));
+
+/// Time the kubelet must leave after the supervisor's own shutdown budget:
+/// the sidecar is signalled only after the app has exited (native mode), and
+/// the kubelet kills at the end of the grace period whatever is still running.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(10);
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_SECONDS: u64 = 30;
+/// Startup probe: once a second for up to five minutes, for slow first mounts
+/// (an ObjectiveFS filesystem with a cold cache, a zfs import).
+pub const STARTUP_PERIOD_SECONDS: u32 = 1;
+pub const STARTUP_FAILURE_THRESHOLD: u32 = 300;
+/// Above the 5 s that `sidemount probe` itself waits for an answer.
+pub const PROBE_TIMEOUT_SECONDS: u32 = 10;
+/// Secrets are read by the supervisor (root) only.
+const SECRET_FILE_MODE: u32 = 0o400;
+
+/// What every injection needs besides the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The sidecar image.
+    pub image: String,
+    /// Where the sidecar goes when the pod does not say (`sidemount.io/mode`).
+    pub mode: Mode,
+    /// The supervisor's SIGTERM budget (`SIDEMOUNT_SHUTDOWN_TIMEOUT` in the sidecar).
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// `SIDEMOUNT_IMAGE`, `SIDEMOUNT_MODE` and `SIDEMOUNT_SHUTDOWN_TIMEOUT`, with their defaults.
+    pub fn from_settings(settings: &Settings) -> Config {
+        Config {
+            image: settings.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+            mode: settings.mode.unwrap_or(Mode::Native),
+            shutdown_timeout: settings.shutdown_timeout,
+        }
+    }
+}
+
+/// What injection did with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The pod, injected; warnings name what was dropped on the way.
+    Injected { pod: Value, warnings: Vec<String> },
+    /// The pod does not ask for sidemount.
+    NotRequested,
+    /// The pod carries `sidemount.io/injected` already.
+    AlreadyInjected,
+}
+
+/// Why a pod cannot be injected: one variant per step, each message naming the
+/// annotation or field to change.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("metadata.annotations.{annotation}: must be a string (quote the value, e.g. \"true\")")]
+    AnnotationNotText { annotation: String },
+    #[error("{MODE_ANNOTATION}: {value:?} is not a mode: use native (Kubernetes 1.29 and later) or legacy")]
+    Mode { value: String },
+    #[error("{annotation}: {value:?} must be \"true\" or \"false\"")]
+    Flag { annotation: &'static str, value: String },
+    #[error("{annotation}: {value:?} is not a Kubernetes quantity ({why}): write e.g. 100m, 0.5, 64Mi or 1Gi, or \"\" for none")]
+    Quantity { annotation: &'static str, value: String, why: &'static str },
+    #[error("{request_annotation}: the request {request} is above the limit {limit} ({limit_annotation}): lower the request or raise the limit")]
+    RequestAboveLimit {
+        request_annotation: &'static str,
+        request: String,
+        limit_annotation: &'static str,
+        limit: String,
+    },
+    /// The volume specs: every problem found, each naming its field.
+    #[error("{0}")]
+    Volumes(Invalid),
+    #[error("{VOLUMES_ANNOTATION}: lists no volume: name at least one, or remove the annotation")]
+    NoVolumes,
+    #[error("the pod already has a {what} named {name:?} but no {INJECTED_ANNOTATION} annotation: rename it, sidemount injects its own")]
+    NameTaken { what: &'static str, name: String },
+    #[error("{field}: must be {expected}")]
+    Malformed { field: String, expected: &'static str },
+}
+
+/// Injects the sidecar into a pod, or a workload's pod template: `template`
+/// holds `metadata` and `spec`. The input is not changed; an injected copy is returned.
+pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError> {
+    let annotations = Annotations::of(template)?;
+    if annotations.get(INJECTED_ANNOTATION)?.is_some() {
+        return Ok(Outcome::AlreadyInjected);
+    }
+    let volumes_text = annotations.get(VOLUMES_ANNOTATION)?;
+    let convert = match annotations.get(CONVERT_FLEXVOLUME_ANNOTATION)? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(InjectError::Flag { annotation: CONVERT_FLEXVOLUME_ANNOTATION, value: other.into() })
+        }
+    };
+    if volumes_text.is_none() && !convert {
+        return Ok(Outcome::NotRequested);
+    }
+    let mode = match annotations.get(MODE_ANNOTATION)? {
+        None => config.mode,
+        Some("native") => Mode::Native,
+        Some("legacy") => Mode::Legacy,
+        Some(other) => return Err(InjectError::Mode { value: other.into() }),
+    };
+    let resources = resources::from_annotations(|name| annotations.get(name))?;
+
+    let mut pod = template.clone();
+    let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
+    let mut pod_volumes = list(spec, "spec", "volumes")?;
+
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+    // Converted first: the annotation's checks then see the emptyDir that replaced each FlexVolume.
+    let converted = if convert {
+        let found = flexvolume::convert(&mut pod_volumes);
+        problems.extend(found.problems);
+        warnings.extend(found.warnings);
+        found.volumes
+    } else {
+        Vec::new()
+    };
+    let requested = match volumes_text {
+        Some(text) => annotation_volumes(text, &pod_volumes, &mut problems),
+        None => Vec::new(),
+    };
+    check_unique(&requested, &converted, &mut problems);
+    if !problems.is_empty() {
+        return Err(InjectError::Volumes(Invalid(problems)));
+    }
+    let served: Vec<RawVolume> =
+        requested.into_iter().map(|(_, raw)| raw).chain(converted.into_iter().map(|c| c.raw)).collect();
+    if served.is_empty() {
+        return Err(InjectError::NoVolumes);
+    }
+
+    let secret_mounts: Vec<SecretMount> = served
+        .iter()
+        .filter_map(|raw| {
+            let volume = raw.name.clone().unwrap_or_default();
+            raw.secret_name.clone().map(|secret| SecretMount {
+                pod_volume: secret_volume_name(&volume),
+                volume,
+                secret,
+            })
+        })
+        .collect();
+    let mut containers = list(spec, "spec", "containers")?;
+    let mut init_containers = list(spec, "spec", "initContainers")?;
+    if containers.iter().chain(&init_containers).any(|c| name_of(c) == Some(CONTAINER_NAME)) {
+        return Err(InjectError::NameTaken { what: "container", name: CONTAINER_NAME.into() });
+    }
+    if let Some(taken) = secret_mounts.iter().find(|m| pod_volumes.iter().any(|v| name_of(v) == Some(&m.pod_volume))) {
+        return Err(InjectError::NameTaken { what: "volume", name: taken.pod_volume.clone() });
+    }
+
+    // The pod's volumes: every served volume is an emptyDir; each Secret is one more volume.
+    for raw in &served {
+        let name = raw.name.as_deref().unwrap_or_default();
+        if !pod_volumes.iter().any(|v| name_of(v) == Some(name)) {
+            pod_volumes.push(json!({ "name": name, "emptyDir": {} }));
+        }
+    }
+    for mount in &secret_mounts {
+        let secret = json!({ "secretName": mount.secret, "defaultMode": SECRET_FILE_MODE });
+        pod_volumes.push(json!({ "name": mount.pod_volume, "secret": secret }));
+    }
+
+    let names: Vec<&str> = served.iter().filter_map(|raw| raw.name.as_deref()).collect();
+    for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
+        for (i, container) in containers.iter_mut().enumerate() {
+            receive_propagation(container, &names, &format!("{field}[{i}]"))?;
+        }
+    }
+
+    let sidecar = sidecar(&served, &secret_mounts, mode, resources, config);
+    let into = match mode {
+        Mode::Native => &mut init_containers,
+        Mode::Legacy => &mut containers,
+    };
+    let at = into.iter().position(|c| name_of(c) == Some(ISTIO_PROXY)).map_or(0, |i| i + 1);
+    into.insert(at, sidecar);
+
+    set_list(spec, "volumes", pod_volumes);
+    set_list(spec, "containers", containers);
+    if !init_containers.is_empty() && !spec.contains_key("initContainers") && spec.contains_key("containers") {
+        // A new list goes before `containers`, where a reader of the YAML looks for it.
+        let mut init_containers = Some(Value::Array(init_containers));
+        for (key, value) in std::mem::take(spec) {
+            if key == "containers" {
+                spec.insert("initContainers".into(), init_containers.take().expect("one `containers` key"));
+            }
+            spec.insert(key, value);
+        }
+    } else {
+        set_list(spec, "initContainers", init_containers);
+    }
+
+    let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
+    let annotations = pod
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+        .expect("the annotations were read above");
+    if let Some(original) = original_grace {
+        annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original));
+    }
+    annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into()));
+    Ok(Outcome::Injected { pod, warnings })
+}
+
+/// A volume's Secret, mounted into the sidecar as its `secretDir`.
+struct SecretMount {
+    /// The pod volume that carries it: `sidemount-secret-<volume>`.
+    pod_volume: String,
+    /// The sidemount volume it belongs to.
+    volume: String,
+    /// The Secret's name.
+    secret: String,
+}
+
+/// The annotations of a pod template, read as text.
+struct Annotations<'a>(Option<&'a Map<String, Value>>);
+
+impl<'a> Annotations<'a> {
+    fn of(template: &'a Value) -> Result<Annotations<'a>, InjectError> {
+        match template.pointer("/metadata/annotations") {
+            None | Some(Value::Null) => Ok(Annotations(None)),
+            Some(Value::Object(map)) => Ok(Annotations(Some(map))),
+            Some(_) => Err(malformed("metadata.annotations", "a map of strings")),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Option<&'a str>, InjectError> {
+        match self.0.and_then(|map| map.get(name)) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(InjectError::AnnotationNotText { annotation: name.into() }),
+        }
+    }
+}
+
+/// The volumes of the annotation, validated by the one spec definition, plus
+/// what injection adds: a served pod volume must be an emptyDir, and
+/// `secretName` stands in for `secretDir`.
+fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Problem>) -> Vec<(usize, RawVolume)> {
+    let raws = match spec::parse_raw(VOLUMES_ANNOTATION, text) {
+        Ok(raws) => raws,
+        Err(problem) => {
+            problems.push(problem);
+            return Vec::new();
+        }
+    };
+    let mut accepted = Vec::new();
+    for (i, raw) in raws.into_iter().enumerate() {
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].{field}"),
+                message,
+            })
+        };
+        let volume = match spec::validate(&raw) {
+            Ok(volume) => volume,
+            Err(found) => {
+                found.into_iter().for_each(|(field, message)| problem(&field, message));
+                continue;
+            }
+        };
+        if raw.secret_name.is_some() && raw.secret_dir.is_some() {
+            problem(
+                "secretDir",
+                format!(
+                    "give secretName or secretDir, not both: the Secret of secretName is mounted at {SECRETS_ROOT}/{}",
+                    volume.name
+                ),
+            );
+            continue;
+        }
+        if let Some((j, existing)) = pod_volumes.iter().enumerate().find(|(_, v)| name_of(v) == Some(&volume.name)) {
+            if existing.get("emptyDir").is_none() {
+                problem(
+                    "name",
+                    format!(
+                        "the pod volume {:?} (spec.volumes[{j}]) is a {} volume, but sidemount mounts onto an emptyDir: \
+                         make it `emptyDir: {{}}` or remove it (injection adds one)",
+                        volume.name,
+                        volume_source(existing)
+                    ),
+                );
+                continue;
+            }
+        }
+        accepted.push((i, raw));
+    }
+    accepted
+}
+
+/// Volume names are unique across the annotation and the converted FlexVolumes.
+fn check_unique(requested: &[(usize, RawVolume)], converted: &[flexvolume::Converted], problems: &mut Vec<Problem>) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, raw) in requested {
+        let name = raw.name.as_deref().unwrap_or_default();
+        if let Some(first) = seen.insert(name, *i) {
+            seen.insert(name, first);
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].name"),
+                message: format!(
+                    "duplicate volume name {name:?} (already at volumes[{first}]): give each volume its own name"
+                ),
+            });
+        }
+    }
+    for c in converted {
+        let name = c.raw.name.as_deref().unwrap_or_default();
+        if let Some(i) = seen.get(name) {
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].name"),
+                message: format!(
+                    "{name:?} is also the FlexVolume spec.volumes[{}] that {CONVERT_FLEXVOLUME_ANNOTATION} converts: describe it in one place",
+                    c.index
+                ),
+            });
+        }
+    }
+}
+
+/// The container that mounts the volumes. Its spec goes in `SIDEMOUNT_VOLUMES`
+/// with `secretDir` where the Secret is mounted.
+fn sidecar(
+    served: &[RawVolume],
+    secret_mounts: &[SecretMount],
+    mode: Mode,
+    resources: Option<Value>,
+    config: &Config,
+) -> Value {
+    let specs: Vec<RawVolume> = served
+        .iter()
+        .cloned()
+        .map(|mut raw| {
+            if raw.secret_name.take().is_some() {
+                raw.secret_dir = Some(secret_dir(raw.name.as_deref().unwrap_or_default()));
+            }
+            raw
+        })
+        .collect();
+    let specs = serde_json::to_string(&specs).expect("volume specs have string keys only");
+    let mut mounts: Vec<Value> = served
+        .iter()
+        .filter_map(|raw| raw.name.as_deref())
+        .map(|name| json!({ "name": name, "mountPath": format!("{MOUNT_ROOT}/{name}"), "mountPropagation": "Bidirectional" }))
+        .collect();
+    mounts.extend(
+        secret_mounts
+            .iter()
+            .map(|m| json!({ "name": m.pod_volume, "mountPath": secret_dir(&m.volume), "readOnly": true })),
+    );
+
+    let mut container = Map::new();
+    container.insert("name".into(), json!(CONTAINER_NAME));
+    container.insert("image".into(), json!(config.image));
+    container.insert("args".into(), json!(["run"]));
+    container.insert(
+        "env".into(),
+        json!([
+            { "name": "SIDEMOUNT_VOLUMES", "value": specs },
+            { "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": humantime::format_duration(config.shutdown_timeout).to_string() },
+        ]),
+    );
+    if mode == Mode::Native {
+        // A restartable init container: a native sidecar (Kubernetes 1.29+). It
+        // must be started (startupProbe) before the next container starts, and
+        // it is stopped only after the app containers have exited.
+        container.insert("restartPolicy".into(), json!("Always"));
+    }
+    if let Some(resources) = resources {
+        container.insert("resources".into(), resources);
+    }
+    // mount(2), FUSE and Bidirectional propagation all need a privileged container.
+    container.insert("securityContext".into(), json!({ "privileged": true }));
+    container.insert(
+        "startupProbe".into(),
+        json!({
+            "exec": { "command": ["sidemount", "probe"] },
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+        }),
+    );
+    container.insert(
+        "livenessProbe".into(),
+        json!({
+            "exec": { "command": ["sidemount", "probe", "--live"] },
+            "periodSeconds": 10,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": 3,
+        }),
+    );
+    container.insert("volumeMounts".into(), Value::Array(mounts));
+    Value::Object(container)
+}
+
+/// A container that mounts a served volume must receive the mount made under
+/// it: `HostToContainer` (rslave). `Bidirectional` receives it too and is kept.
+fn receive_propagation(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
+    let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(()) };
+    let mounts = match mounts {
+        Value::Null => return Ok(()),
+        Value::Array(mounts) => mounts,
+        _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
+    };
+    for mount in mounts.iter_mut() {
+        if !name_of(mount).is_some_and(|name| served.contains(&name)) {
+            continue;
+        }
+        let Some(mount) = mount.as_object_mut() else { continue };
+        if mount.get("mountPropagation").and_then(Value::as_str) != Some("Bidirectional") {
+            mount.insert("mountPropagation".into(), json!("HostToContainer"));
+        }
+    }
+    Ok(())
+}
+
+/// Raises `terminationGracePeriodSeconds` to the supervisor's shutdown budget
+/// plus a margin: a pod killed before its mounts are down leaves the kubelet a
+/// dead FUSE mount (stuck Terminating) or a live kernel mount it would empty.
+/// Returns the original value when it was raised.
+fn raise_grace_period(
+    spec: &mut Map<String, Value>,
+    shutdown_timeout: Duration,
+) -> Result<Option<String>, InjectError> {
+    let needed = (shutdown_timeout + GRACE_MARGIN).as_secs_f64().ceil() as u64;
+    let current = match spec.get("terminationGracePeriodSeconds") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .ok_or_else(|| malformed("spec.terminationGracePeriodSeconds", "a whole number of seconds"))?,
+        ),
+    };
+    if current.unwrap_or(DEFAULT_GRACE_SECONDS) >= needed {
+        return Ok(None);
+    }
+    spec.insert("terminationGracePeriodSeconds".into(), json!(needed));
+    Ok(Some(current.map_or_else(|| "unset".to_string(), |s| s.to_string())))
+}
+
+/// Where the Secret of a volume is mounted in the sidecar: its `secretDir`.
+pub fn secret_dir(volume: &str) -> PathBuf {
+    PathBuf::from(SECRETS_ROOT).join(volume)
+}
+
+/// The pod volume that carries the Secret of `volume`: `sidemount-secret-<volume>`,
+/// shortened with a stable hash when that is longer than a DNS label may be.
+pub fn secret_volume_name(volume: &str) -> String {
+    let name = format!("{SECRET_VOLUME_PREFIX}{volume}");
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a: stable across builds and Rust versions, unlike DefaultHasher.
+    let hash = volume.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let keep = 63 - SECRET_VOLUME_PREFIX.len() - 9;
+    format!("{SECRET_VOLUME_PREFIX}{}-{:08x}", volume[..keep].trim_end_matches('-'), hash as u32)
+}
+
+fn name_of(item: &Value) -> Option<&str> {
+    item.get("name").and_then(Value::as_str)
+}
+
+/// What a pod volume is made of, for messages: `hostPath`, `persistentVolumeClaim`…
+fn volume_source(volume: &Value) -> &str {
+    volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")).map_or("source-less", String::as_str)
+}
+
+/// Takes a list out of the (copied) spec to edit it; `set_list` puts it back.
+fn list(spec: &mut Map<String, Value>, at: &str, key: &str) -> Result<Vec<Value>, InjectError> {
+    match spec.get_mut(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(std::mem::take(items)),
+        Some(_) => Err(malformed(&format!("{at}.{key}"), "a list")),
+    }
+}
+
+/// Writes a list back in its place; an empty list the pod did not have stays absent.
+fn set_list(spec: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
+    match spec.get_mut(key) {
+        Some(Value::Array(slot)) => *slot = items,
+        Some(Value::Null) | None if items.is_empty() => {}
+        _ => {
+            spec.insert(key.into(), Value::Array(items));
+        }
+    }
+}
+
+#[cfg(test)]
+impl Config {
+    /// The configuration the unit tests of injection, manifests and admission share.
+    pub(crate) fn for_tests() -> Config {
+        Config {
+            image: "example.org/sidemount:test".into(),
+            mode: crate::settings::Mode::Native,
+            shutdown_timeout: std::time::Duration::from_secs(20),
+        }
+    }
+}
+
+fn malformed(field: &str, expected: &'static str) -> InjectError {
+    InjectError::Malformed { field: field.into(), expected }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::for_tests()
+    }
+
+    fn pod(annotations: Value, spec: Value) -> Value {
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p", "annotations": annotations }, "spec": spec })
+    }
+
+    fn app(mounts: Value) -> Value {
+        json!({ "name": "app", "image": "busybox", "volumeMounts": mounts })
+    }
+
+    fn injected(outcome: Outcome) -> Value {
+        match outcome {
+            Outcome::Injected { pod, .. } => pod,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    const FUSE: &str = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}";
+
+    #[test]
+    fn native_sidecar_is_the_first_init_container() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [{ "name": "migrate", "image": "x" }], "containers": [app(json!([{ "name": "data", "mountPath": "/data" }]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let init = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["name"], "sidemount");
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert_eq!(init[0]["image"], "example.org/sidemount:test");
+        assert_eq!(init[0]["args"], json!(["run"]));
+        assert_eq!(init[0]["securityContext"], json!({ "privileged": true }));
+        assert_eq!(
+            init[0]["volumeMounts"][0],
+            json!({ "name": "data", "mountPath": "/sidemount/data", "mountPropagation": "Bidirectional" })
+        );
+        assert_eq!(init[0]["startupProbe"]["exec"]["command"], json!(["sidemount", "probe"]));
+        assert_eq!(init[0]["livenessProbe"]["exec"]["command"], json!(["sidemount", "probe", "--live"]));
+        assert_eq!(init[1]["name"], "migrate");
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"], "HostToContainer");
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "data", "emptyDir": {} }]));
+        assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], VERSION);
+        let env = &init[0]["env"];
+        assert_eq!(env[1], json!({ "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": "20s" }));
+        let specs: Vec<RawVolume> = serde_json::from_str(env[0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(specs[0].name.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn legacy_sidecar_is_the_first_container_after_istio() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE, MODE_ANNOTATION: "legacy" }),
+            json!({ "containers": [{ "name": "istio-proxy", "image": "istio" }, app(json!([]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let names: Vec<&str> =
+            out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["istio-proxy", "sidemount", "app"]);
+        assert!(out["spec"]["containers"][1].get("restartPolicy").is_none());
+        assert!(out["spec"].get("initContainers").is_none());
+    }
+
+    #[test]
+    fn native_sidecar_follows_a_native_istio_proxy() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [{ "name": "istio-init", "image": "i" }, { "name": "istio-proxy", "image": "i", "restartPolicy": "Always" }], "containers": [app(json!([]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let names: Vec<&str> =
+            out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["istio-init", "istio-proxy", "sidemount"]);
+    }
+
+    #[test]
+    fn secret_name_becomes_a_read_only_secret_dir() {
+        let spec = "- {name: ofs, type: objectivefs, filesystem: s3://b, secretName: ofs-secret}";
+        let out = injected(
+            inject(&pod(json!({ VOLUMES_ANNOTATION: spec }), json!({ "containers": [app(json!([]))] })), &config())
+                .unwrap(),
+        );
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert_eq!(
+            sidecar["volumeMounts"][1],
+            json!({ "name": "sidemount-secret-ofs", "mountPath": "/etc/sidemount/secrets/ofs", "readOnly": true })
+        );
+        assert_eq!(
+            out["spec"]["volumes"][1],
+            json!({ "name": "sidemount-secret-ofs", "secret": { "secretName": "ofs-secret", "defaultMode": 0o400 } })
+        );
+        let specs: Vec<RawVolume> = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(specs[0].secret_dir.as_deref(), Some(std::path::Path::new("/etc/sidemount/secrets/ofs")));
+        assert_eq!(specs[0].secret_name, None);
+    }
+
+    #[test]
+    fn injecting_twice_changes_nothing() {
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [app(json!([]))] }));
+        let once = injected(inject(&input, &config()).unwrap());
+        assert_eq!(inject(&once, &config()).unwrap(), Outcome::AlreadyInjected);
+        assert_eq!(inject(&pod(json!({}), json!({ "containers": [] })), &config()).unwrap(), Outcome::NotRequested);
+    }
+
+    #[test]
+    fn refuses_naming_the_field() {
+        let bad = "- {name: data, type: objectivefs}";
+        let err = inject(&pod(json!({ VOLUMES_ANNOTATION: bad }), json!({ "containers": [] })), &config()).unwrap_err();
+        assert!(err.to_string().starts_with("sidemount.io/volumes: volumes[0].filesystem: required"), "{err}");
+
+        let host = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "containers": [], "volumes": [{ "name": "data", "hostPath": { "path": "/x" } }] }),
+        );
+        let err = inject(&host, &config()).unwrap_err().to_string();
+        assert!(err.contains("volumes[0].name") && err.contains("hostPath") && err.contains("emptyDir"), "{err}");
+
+        let both = "- {name: data, type: zfs, dataset: p/d, secretName: s, secretDir: /s}";
+        let err =
+            inject(&pod(json!({ VOLUMES_ANNOTATION: both }), json!({ "containers": [] })), &config()).unwrap_err();
+        assert!(err.to_string().contains("volumes[0].secretDir"), "{err}");
+
+        let dup = "- {name: a, type: zfs, dataset: p/a}\n- {name: a, type: zfs, dataset: p/b}";
+        let err = inject(&pod(json!({ VOLUMES_ANNOTATION: dup }), json!({ "containers": [] })), &config()).unwrap_err();
+        assert!(err.to_string().contains("volumes[1].name: duplicate"), "{err}");
+
+        let err =
+            inject(&pod(json!({ VOLUMES_ANNOTATION: "[]" }), json!({ "containers": [] })), &config()).unwrap_err();
+        assert!(matches!(err, InjectError::NoVolumes));
+
+        let err = inject(
+            &pod(json!({ VOLUMES_ANNOTATION: FUSE, MODE_ANNOTATION: "sidecar" }), json!({ "containers": [] })),
+            &config(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("sidemount.io/mode: \"sidecar\""), "{err}");
+
+        let taken =
+            pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [{ "name": "sidemount", "image": "x" }] }));
+        assert!(matches!(inject(&taken, &config()).unwrap_err(), InjectError::NameTaken { what: "container", .. }));
+    }
+
+    #[test]
+    fn keeps_an_existing_empty_dir_and_bidirectional_mounts() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({
+                "containers": [app(json!([{ "name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional" }, { "name": "other", "mountPath": "/o" }]))],
+                "volumes": [{ "name": "data", "emptyDir": { "medium": "Memory" } }, { "name": "other", "emptyDir": {} }],
+            }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        assert_eq!(out["spec"]["volumes"][0], json!({ "name": "data", "emptyDir": { "medium": "Memory" } }));
+        assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 2);
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"], "Bidirectional");
+        assert!(out["spec"]["containers"][0]["volumeMounts"][1].get("mountPropagation").is_none());
+    }
+
+    #[test]
+    fn raises_the_grace_period_and_records_the_original() {
+        let mut cfg = config();
+        let input =
+            pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [], "terminationGracePeriodSeconds": 5 }));
+        let out = injected(inject(&input, &cfg).unwrap());
+        assert_eq!(out["spec"]["terminationGracePeriodSeconds"], 30);
+        assert_eq!(out["metadata"]["annotations"][ORIGINAL_GRACE_ANNOTATION], "5");
+
+        // The default 30 s covers the default 20 s budget plus the margin.
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [] }));
+        let out = injected(inject(&input, &cfg).unwrap());
+        assert!(out["spec"].get("terminationGracePeriodSeconds").is_none());
+        assert!(out["metadata"]["annotations"].get(ORIGINAL_GRACE_ANNOTATION).is_none());
+
+        cfg.shutdown_timeout = Duration::from_millis(60_500);
+        let out = injected(inject(&input, &cfg).unwrap());
+        assert_eq!(out["spec"]["terminationGracePeriodSeconds"], 71);
+        assert_eq!(out["metadata"]["annotations"][ORIGINAL_GRACE_ANNOTATION], "unset");
+
+        let input =
+            pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [], "terminationGracePeriodSeconds": 120 }));
+        assert_eq!(injected(inject(&input, &cfg).unwrap())["spec"]["terminationGracePeriodSeconds"], 120);
+    }
+
+    #[test]
+    fn secret_volume_names_stay_dns_labels() {
+        assert_eq!(secret_volume_name("data"), "sidemount-secret-data");
+        let long = "a".repeat(63);
+        let name = secret_volume_name(&long);
+        assert!(name.len() <= 63, "{name}");
+        assert!(crate::spec::check_dns_label(&name).is_ok(), "{name}");
+        assert_ne!(secret_volume_name(&format!("{}b", "a".repeat(62))), name);
+        assert_eq!(secret_volume_name(&long), name);
+    }
+}

@@ -1,0 +1,15 @@
+//! sidemount: network and local filesystems in Kubernetes pods, mounted by a
+//! privileged sidecar, with nothing installed on the node.
+
+pub mod daemon;
+pub mod http;
+pub mod inject;
+pub mod logging;
+pub mod mounts;
+pub mod secrets;
+pub mod settings;
+pub mod spec;
+pub mod supervisor;
+pub mod sys;
+pub mod volume;
+pub mod webhook;

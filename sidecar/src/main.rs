@@ -1,0 +1,265 @@
+//! The `sidemount` binary: parse the command, load settings, call the library,
+//! map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sidemount::inject::krm;
+use sidemount::inject::manifest::{self, ManifestError};
+use sidemount::settings::{Mode, Settings};
+use sidemount::{http, inject, logging, spec, supervisor, sys, webhook};
+
+/// Exit code for invalid specs (EX_USAGE).
+const EXIT_INVALID: u8 = 64;
+/// Exit code for an environment that cannot work (EX_CONFIG).
+const EXIT_ENVIRONMENT: u8 = 78;
+/// Exit code for an input file that cannot be read (EX_NOINPUT).
+const EXIT_NO_INPUT: u8 = 66;
+/// Exit code for output that cannot be written (EX_IOERR).
+const EXIT_IO: u8 = 74;
+
+#[derive(Parser)]
+#[command(name = "sidemount", version, about = "Mounts network and local filesystems for the other containers of a Kubernetes pod")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The supervisor: mount every volume, keep it mounted, unmount on SIGTERM.
+    Run,
+    /// Exit 0 iff the local supervisor reports every volume ready.
+    Probe {
+        /// Only ask whether the supervisor is alive.
+        #[arg(long)]
+        live: bool,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Validate volume specs: one line per problem, naming the field.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The mutating admission webhook (HTTPS, AdmissionReview v1, pods CREATE).
+    Webhook,
+    /// Inject the sidecar into Kubernetes YAML: every Pod, Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job and CronJob whose pod carries sidemount.io/volumes.
+    Inject {
+        /// A file to read, `-` for stdin (repeatable); stdin when none is given.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// The sidecar image [default: SIDEMOUNT_IMAGE, else the image of this release].
+        #[arg(long)]
+        image: Option<String>,
+        /// Where the sidecar goes when a pod does not say (sidemount.io/mode) [default: SIDEMOUNT_MODE, else native].
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
+        /// A function config (kind SidemountInjector, spec: image, mode, shutdownTimeout) that sets
+        /// what the flags don't: how kustomize's exec plugin passes its transformer config.
+        /// A KRM ResourceList on stdin is recognised by itself and carries its own functionConfig.
+        #[arg(long, value_name = "FILE")]
+        function_config: Option<PathBuf>,
+    },
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text {
+        "native" => Ok(Mode::Native),
+        "legacy" => Ok(Mode::Legacy),
+        other => Err(format!("{other:?} is not a mode: use native (Kubernetes 1.29 and later) or legacy")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_pairs(std::env::vars()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("sidemount: {err}");
+            return ExitCode::from(EXIT_ENVIRONMENT);
+        }
+    };
+    match cli.command {
+        Command::Run => run(settings),
+        Command::Probe { live, timeout } => {
+            let path = if live { "/healthz" } else { "/readyz" };
+            match http::probe(settings.listen, path, timeout) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("sidemount probe: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { files } => check(&files),
+        Command::Webhook => serve_webhook(settings),
+        Command::Inject { files, image, mode, function_config } => {
+            // Settings, then the function config, then the flags: the most explicit wins.
+            let mut base = inject::Config::from_settings(&settings);
+            if let Some(path) = function_config {
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(err) => {
+                        eprintln!("sidemount inject: cannot read {}: {err}", path.display());
+                        return ExitCode::from(EXIT_NO_INPUT);
+                    }
+                };
+                match krm::parse_function_config(&text) {
+                    Ok(overrides) => overrides.apply(&mut base),
+                    Err(err) => {
+                        eprintln!("sidemount inject: {}: {err}", path.display());
+                        return ExitCode::from(EXIT_INVALID);
+                    }
+                }
+            }
+            let flags = krm::Overrides { image, mode, shutdown_timeout: None };
+            inject_files(&files, &base, &flags)
+        }
+    }
+}
+
+fn serve_webhook(settings: Settings) -> ExitCode {
+    logging::init(&settings.log, settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("sidemount: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_ENVIRONMENT);
+        }
+    };
+    match runtime.block_on(webhook::run(webhook::Options::from_settings(&settings))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("sidemount webhook: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn inject_files(files: &[PathBuf], base: &inject::Config, flags: &krm::Overrides) -> ExitCode {
+    use std::io::{Read, Write};
+    let stdin = [PathBuf::from("-")];
+    let files = if files.is_empty() { &stdin[..] } else { files };
+    let mut config = base.clone();
+    flags.apply(&mut config);
+    let mut output = String::new();
+    let mut failed = false;
+    for file in files {
+        let mut text = String::new();
+        let read = if file.as_os_str() == "-" {
+            std::io::stdin().read_to_string(&mut text).map(|_| ())
+        } else {
+            std::fs::read_to_string(file).map(|t| text = t)
+        };
+        if let Err(err) = read {
+            eprintln!("sidemount inject: cannot read {}: {err}", file.display());
+            return ExitCode::from(EXIT_NO_INPUT);
+        }
+        let origin = if file.as_os_str() == "-" { "stdin".to_string() } else { file.display().to_string() };
+        // A KRM function's input: the list goes back with its results, even when it failed.
+        if let Some(list) = krm::resource_list(&text) {
+            match krm::process(list, base, flags) {
+                Ok(processed) => {
+                    processed.warnings.iter().for_each(|w| eprintln!("sidemount inject: warning: {w}"));
+                    processed.errors.iter().for_each(|e| eprintln!("sidemount inject: {origin}: {e}"));
+                    failed |= !processed.errors.is_empty();
+                    if !output.is_empty() {
+                        output.push_str("---\n");
+                    }
+                    output.push_str(&processed.output);
+                }
+                Err(err) => {
+                    eprintln!("sidemount inject: {origin}: cannot write the ResourceList as YAML: {err}");
+                    return ExitCode::from(EXIT_IO);
+                }
+            }
+            continue;
+        }
+        match manifest::inject_stream(&text, &config) {
+            Ok(injected) => {
+                injected.warnings.iter().for_each(|w| eprintln!("sidemount inject: warning: {w}"));
+                if !output.is_empty() && !injected.output.is_empty() {
+                    if !output.ends_with('\n') {
+                        output.push('\n');
+                    }
+                    output.push_str("---\n");
+                }
+                output.push_str(&injected.output);
+            }
+            Err(err) => {
+                err.to_string().lines().for_each(|line| eprintln!("sidemount inject: {origin}: {line}"));
+                return ExitCode::from(match err {
+                    ManifestError::Write { .. } => EXIT_IO,
+                    ManifestError::Parse { .. } | ManifestError::Invalid(_) => EXIT_INVALID,
+                });
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout.write_all(output.as_bytes()).and_then(|()| stdout.flush()) {
+        eprintln!("sidemount inject: cannot write the output: {err}");
+        return ExitCode::from(EXIT_IO);
+    }
+    if failed {
+        return ExitCode::from(EXIT_INVALID);
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(settings: Settings) -> ExitCode {
+    logging::init(&settings.log, settings.log_format);
+    // One thread: the work is waiting on events; filesystem calls that may
+    // block get threads of their own (see `sys::bounded`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("sidemount: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_ENVIRONMENT);
+        }
+    };
+    let result = runtime.block_on(supervisor::run(settings, Arc::new(sys::Kernel)));
+    // Threads stuck on a hung mount must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The refusal is one line per problem on stderr, whatever the log format.
+            tracing::error!("{err}");
+            eprintln!("sidemount: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => sources.push(spec::SpecText { origin: file.display().to_string(), text }),
+            Err(err) => problems.push(format!("{}: cannot read: {err}", file.display())),
+        }
+    }
+    match spec::load(&sources) {
+        Ok(volumes) if problems.is_empty() => {
+            println!("{} volume(s), all valid", volumes.len());
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            problems.iter().for_each(|p| println!("{p}"));
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(invalid) => {
+            problems.iter().for_each(|p| println!("{p}"));
+            invalid.0.iter().for_each(|p| println!("{p}"));
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! Volume specs: the one definition of what a sidemount volume is, shared by the
+//! supervisor, `sidemount check`, the webhook and `sidemount inject`.
+//!
+//! Specs are read into loose serde structs first, then validated as a whole so
+//! that every problem is reported at once, each naming its field
+//! (`volumes[2].fsType`), before anything is mounted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Filesystem types a `block` volume may carry.
+pub const BLOCK_FS_TYPES: &[&str] = &["ext4", "xfs", "btrfs"];
+
+/// The placeholder in a `fuse` command replaced with the volume's mountpoint.
+pub const MOUNTPOINT_PLACEHOLDER: &str = "{mountpoint}";
+
+/// One volume as written by the user. Every field is optional here so that
+/// validation, not the parser, reports what is missing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_dir: Option<PathBuf>,
+    /// Injection only: a Secret in the pod's namespace mounted as `secretDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<BTreeMap<String, Scalar>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<bool>,
+}
+
+/// A property value in `create:`; YAML may give `10G`, `1024` or `true`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A spec document: `volumes: [...]` or, as in the pod annotation, a bare list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Document {
+    Wrapped {
+        #[serde(default)]
+        volumes: Vec<RawVolume>,
+    },
+    List(Vec<RawVolume>),
+}
+
+/// A validated volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    pub source: Source,
+    pub options: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub secret_dir: Option<PathBuf>,
+    pub secret_name: Option<String>,
+}
+
+/// What a volume is made of; one variant per `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Fuse { command: Vec<String> },
+    ObjectiveFs { filesystem: String },
+    Zfs { dataset: String, create: Option<BTreeMap<String, String>> },
+    Block { device: PathBuf, fs_type: String, format: bool },
+}
+
+impl Source {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Source::Fuse { .. } => "fuse",
+            Source::ObjectiveFs { .. } => "objectivefs",
+            Source::Zfs { .. } => "zfs",
+            Source::Block { .. } => "block",
+        }
+    }
+
+    /// A kernel mount has no daemon: if it is left behind, the kubelet's
+    /// recursive delete of the emptyDir would empty it (design promise 8).
+    pub fn is_kernel_mount(&self) -> bool {
+        matches!(self, Source::Zfs { .. } | Source::Block { .. })
+    }
+
+    /// FUSE-backed types need /dev/fuse.
+    pub fn needs_fuse(&self) -> bool {
+        matches!(self, Source::Fuse { .. } | Source::ObjectiveFs { .. })
+    }
+}
+
+/// One problem found in a spec: where it is and what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the spec came from, or `SIDEMOUNT_VOLUMES`.
+    pub origin: String,
+    /// The field, e.g. `volumes[0].command`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.origin, self.field, self.message)
+    }
+}
+
+/// Every problem found in a set of specs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Spec text with where it came from.
+#[derive(Debug, Clone)]
+pub struct SpecText {
+    pub origin: String,
+    pub text: String,
+}
+
+/// Parses one document into raw volumes, or the one problem that stops parsing.
+pub fn parse_raw(origin: &str, text: &str) -> Result<Vec<RawVolume>, Problem> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    // YAML is a superset of JSON, so one parser serves both.
+    match serde_yaml_ng::from_str::<Option<Document>>(text) {
+        Ok(None) => Ok(Vec::new()),
+        Ok(Some(Document::Wrapped { volumes })) | Ok(Some(Document::List(volumes))) => Ok(volumes),
+        Err(err) => {
+            // An untagged enum hides the real error; parse again as the documented form for it.
+            let detail = match serde_yaml_ng::from_str::<WrappedStrict>(text) {
+                Err(e) => e.to_string(),
+                Ok(_) => err.to_string(),
+            };
+            Err(Problem {
+                origin: origin.to_string(),
+                field: "volumes".to_string(),
+                message: format!("cannot parse the spec: {detail}"),
+            })
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrappedStrict {
+    #[allow(dead_code)]
+    volumes: Vec<RawVolume>,
+}
+
+/// Parses and validates every source together; names must be unique across all.
+pub fn load(sources: &[SpecText]) -> Result<Vec<Volume>, Invalid> {
+    let mut problems = Vec::new();
+    let mut raws = Vec::new();
+    for source in sources {
+        match parse_raw(&source.origin, &source.text) {
+            Ok(list) => raws.extend(list.into_iter().enumerate().map(|(i, v)| (source.origin.clone(), i, v))),
+            Err(p) => problems.push(p),
+        }
+    }
+    let mut volumes = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (origin, index, raw) in &raws {
+        let field = |name: &str| format!("volumes[{index}].{name}");
+        match validate(raw) {
+            Ok(volume) => {
+                if let Some(first) = seen.get(&volume.name) {
+                    problems.push(Problem {
+                        origin: origin.clone(),
+                        field: field("name"),
+                        message: format!(
+                            "duplicate volume name {:?} (already defined in {first}); give each volume its own name",
+                            volume.name
+                        ),
+                    });
+                } else {
+                    seen.insert(volume.name.clone(), origin.clone());
+                    volumes.push(volume);
+                }
+            }
+            Err(found) => problems.extend(found.into_iter().map(|(f, message)| Problem {
+                origin: origin.clone(),
+                field: field(&f),
+                message,
+            })),
+        }
+    }
+    if problems.is_empty() {
+        Ok(volumes)
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+/// Validates one raw volume; problems are `(field, message)` with the field
+/// relative to the volume.
+pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut problem = |field: &str, message: String| problems.push((field.to_string(), message));
+
+    match raw.name.as_deref() {
+        None => problem("name", "required: the pod volume this spec serves (a DNS-1123 label such as `data`)".into()),
+        Some(name) => {
+            if let Err(why) = check_dns_label(name) {
+                problem("name", format!("{name:?} is not a DNS-1123 label: {why}"));
+            }
+        }
+    }
+
+    let kind = raw.kind.as_deref();
+    let known = ["fuse", "objectivefs", "zfs", "block"];
+    match kind {
+        None => problem("type", "required: one of fuse, objectivefs, zfs, block".into()),
+        Some(k) if !known.contains(&k) => {
+            problem("type", format!("unknown type {k:?}: use one of fuse, objectivefs, zfs, block"))
+        }
+        _ => {}
+    }
+
+    // Fields that belong to other types are refused rather than ignored: a
+    // `device:` on a fuse volume is a mistake the user wants to hear about.
+    let owners: [(&str, bool, &[&str]); 7] = [
+        ("command", raw.command.is_some(), &["fuse"]),
+        ("filesystem", raw.filesystem.is_some(), &["objectivefs"]),
+        ("dataset", raw.dataset.is_some(), &["zfs"]),
+        ("create", raw.create.is_some(), &["zfs"]),
+        ("device", raw.device.is_some(), &["block"]),
+        ("fsType", raw.fs_type.is_some(), &["block"]),
+        ("format", raw.format.is_some(), &["block"]),
+    ];
+    if let Some(k) = kind.filter(|k| known.contains(k)) {
+        for (field, present, types) in owners {
+            if present && !types.contains(&k) {
+                problem(field, format!("not used by type {k} (it belongs to type {}); remove it", types.join(", ")));
+            }
+        }
+    }
+
+    let options = raw.options.clone().unwrap_or_default();
+    for (i, opt) in options.iter().enumerate() {
+        if opt.is_empty() || opt.contains(',') || opt.chars().any(char::is_whitespace) {
+            problem(
+                &format!("options[{i}]"),
+                format!("{opt:?} must be one non-empty option without commas or spaces; list each option separately"),
+            );
+        }
+    }
+    let env = raw.env.clone().unwrap_or_default();
+    for key in env.keys() {
+        if !is_env_name(key) {
+            problem(
+                &format!("env.{key}"),
+                "not a valid environment variable name (letters, digits, `_`, not starting with a digit)".into(),
+            );
+        }
+    }
+    if let Some(dir) = &raw.secret_dir {
+        if !dir.is_absolute() {
+            problem("secretDir", format!("{} must be an absolute path", dir.display()));
+        }
+    }
+    if let Some(secret) = &raw.secret_name {
+        if let Err(why) = check_dns_subdomain(secret) {
+            problem("secretName", format!("{secret:?} is not a valid Secret name: {why}"));
+        }
+    }
+
+    let source = match kind {
+        Some("fuse") => match &raw.command {
+            None => {
+                problem(
+                    "command",
+                    "required for type fuse: the FOREGROUND daemon, e.g. [bindfs, -f, /src, \"{mountpoint}\"]".into(),
+                );
+                None
+            }
+            Some(cmd) if cmd.is_empty() || cmd[0].trim().is_empty() => {
+                problem(
+                    "command",
+                    "must name the daemon to run, e.g. [rclone, mount, \":memory:\", \"{mountpoint}\"]".into(),
+                );
+                None
+            }
+            Some(cmd) if !cmd.iter().any(|a| a.contains(MOUNTPOINT_PLACEHOLDER)) => {
+                problem(
+                    "command",
+                    "must pass \"{mountpoint}\" to the daemon so it mounts where the pod sees it".into(),
+                );
+                None
+            }
+            Some(cmd) => Some(Source::Fuse { command: cmd.clone() }),
+        },
+        Some("objectivefs") => match raw.filesystem.as_deref().map(str::trim) {
+            None | Some("") => {
+                problem("filesystem", "required for type objectivefs: the filesystem name, e.g. s3://my-bucket".into());
+                None
+            }
+            Some(fs) if fs.starts_with('-') || fs.chars().any(char::is_whitespace) => {
+                problem("filesystem", format!("{fs:?} is not a filesystem name (e.g. s3://my-bucket)"));
+                None
+            }
+            Some(fs) => Some(Source::ObjectiveFs { filesystem: fs.to_string() }),
+        },
+        Some("zfs") => {
+            let create = raw
+                .create
+                .as_ref()
+                .map(|props| props.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>());
+            if let Some(props) = &create {
+                for (key, value) in props {
+                    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || ":._-".contains(c)) {
+                        problem(&format!("create.{key}"), "not a zfs property name".into());
+                    }
+                    if value.is_empty() || value.contains(',') || value.chars().any(char::is_control) {
+                        problem(&format!("create.{key}"), format!("{value:?} is not a valid property value"));
+                    }
+                }
+            }
+            match raw.dataset.as_deref() {
+                None | Some("") => {
+                    problem("dataset", "required for type zfs: the dataset to mount, e.g. tank/k8s/data".into());
+                    None
+                }
+                Some(ds) => match check_dataset(ds) {
+                    Err(why) => {
+                        problem("dataset", format!("{ds:?} is not a zfs dataset name: {why}"));
+                        None
+                    }
+                    Ok(()) => Some(Source::Zfs { dataset: ds.to_string(), create }),
+                },
+            }
+        }
+        Some("block") => {
+            let device = match &raw.device {
+                None => {
+                    problem("device", "required for type block: the device path, e.g. /dev/disk/by-id/...".into());
+                    None
+                }
+                Some(d) if !d.is_absolute() => {
+                    problem("device", format!("{} must be an absolute path", d.display()));
+                    None
+                }
+                Some(d) => Some(d.clone()),
+            };
+            let fs_type = match raw.fs_type.as_deref() {
+                None => {
+                    problem("fsType", format!("required for type block: one of {}", BLOCK_FS_TYPES.join(", ")));
+                    None
+                }
+                Some(t) if !BLOCK_FS_TYPES.contains(&t) => {
+                    problem(
+                        "fsType",
+                        format!("unsupported filesystem {t:?}: use one of {}", BLOCK_FS_TYPES.join(", ")),
+                    );
+                    None
+                }
+                Some(t) => Some(t.to_string()),
+            };
+            match (device, fs_type) {
+                (Some(device), Some(fs_type)) => {
+                    Some(Source::Block { device, fs_type, format: raw.format.unwrap_or(false) })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+
+    match (source, problems.is_empty()) {
+        (Some(source), true) => Ok(Volume {
+            name: raw.name.clone().unwrap_or_default(),
+            source,
+            options,
+            env,
+            secret_dir: raw.secret_dir.clone(),
+            secret_name: raw.secret_name.clone(),
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// DNS-1123 label: what Kubernetes accepts as a volume name.
+pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 63 {
+        return Err("it is longer than 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("use only lowercase letters, digits and '-'");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("it must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
+pub fn check_dns_subdomain(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("it must be 1 to 253 characters");
+    }
+    for part in name.split('.') {
+        check_dns_label(part)?;
+    }
+    Ok(())
+}
+
+fn check_dataset(ds: &str) -> Result<(), &'static str> {
+    if ds.starts_with('/') || ds.ends_with('/') || ds.contains("//") {
+        return Err("write it as pool/path/name, with no leading or trailing '/'");
+    }
+    if ds.contains('@') || ds.contains('#') {
+        return Err("snapshots and bookmarks cannot be mounted read-write; name a filesystem");
+    }
+    if !ds.chars().all(|c| c.is_ascii_alphanumeric() || "/_-.:".contains(c)) {
+        return Err("use only letters, digits and _ - . : /");
+    }
+    Ok(())
+}
+
+fn is_env_name(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reads the spec sources named by the settings: the config file, or every
+/// `*.yaml`/`*.yml`/`*.json` in the config directory (sorted), then the inline
+/// spec. A missing config path is no spec at all.
+pub fn read_sources(config: &Path, inline: Option<&str>) -> Result<Vec<SpecText>, Invalid> {
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    let read = |path: &Path, problems: &mut Vec<Problem>| match std::fs::read_to_string(path) {
+        Ok(text) => Some(SpecText { origin: path.display().to_string(), text }),
+        Err(e) => {
+            problems.push(Problem {
+                origin: path.display().to_string(),
+                field: "volumes".into(),
+                message: format!("cannot read the spec file: {e}"),
+            });
+            None
+        }
+    };
+    match std::fs::metadata(config) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(Problem {
+            origin: config.display().to_string(),
+            field: "volumes".into(),
+            message: format!("cannot read SIDEMOUNT_CONFIG: {e}"),
+        }),
+        Ok(meta) if meta.is_dir() => {
+            let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+            match std::fs::read_dir(config) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let path = entry.path();
+                        let name = entry.file_name();
+                        let name = name.to_string_lossy();
+                        // Kubernetes ConfigMap volumes keep their data in `..data/` and
+                        // link the visible names to it; hidden names are its bookkeeping.
+                        if name.starts_with('.') {
+                            continue;
+                        }
+                        let spec_ext =
+                            matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
+                        if spec_ext && path.is_file() {
+                            files.insert(path);
+                        }
+                    }
+                }
+                Err(e) => problems.push(Problem {
+                    origin: config.display().to_string(),
+                    field: "volumes".into(),
+                    message: format!("cannot list the spec directory: {e}"),
+                }),
+            }
+            sources.extend(files.iter().filter_map(|p| read(p, &mut problems)));
+        }
+        Ok(_) => sources.extend(read(config, &mut problems)),
+    }
+    if let Some(text) = inline {
+        sources.push(SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: text.to_string() });
+    }
+    if problems.is_empty() {
+        Ok(sources)
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_one(text: &str) -> Result<Vec<Volume>, Invalid> {
+        load(&[SpecText { origin: "spec.yaml".into(), text: text.into() }])
+    }
+
+    fn fields(text: &str) -> Vec<String> {
+        load_one(text).unwrap_err().0.into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn parses_every_type_of_the_design() {
+        let vols = load_one(
+            r#"
+volumes:
+- name: data
+  type: fuse
+  command: [rclone, mount, ":memory:", "{mountpoint}"]
+  options: [ro, noatime]
+  env: {RCLONE_VERBOSE: "1"}
+  secretDir: /etc/sidemount/secrets/data
+- name: ofs
+  type: objectivefs
+  filesystem: s3://my-bucket
+  options: [mt]
+- name: tank
+  type: zfs
+  dataset: tank/k8s/tank
+  create: {refquota: 10G, refreservation: 10G, atime: false, recordsize: 131072}
+- name: disk
+  type: block
+  device: /dev/disk/by-id/xyz
+  fsType: ext4
+  format: true
+"#,
+        )
+        .unwrap();
+        assert_eq!(vols.len(), 4);
+        assert_eq!(
+            vols[0].source,
+            Source::Fuse { command: vec!["rclone".into(), "mount".into(), ":memory:".into(), "{mountpoint}".into()] }
+        );
+        assert_eq!(vols[0].options, vec!["ro", "noatime"]);
+        assert_eq!(vols[1].source, Source::ObjectiveFs { filesystem: "s3://my-bucket".into() });
+        let Source::Zfs { create: Some(props), .. } = &vols[2].source else { panic!() };
+        assert_eq!(props["refquota"], "10G");
+        assert_eq!(props["atime"], "off");
+        assert_eq!(props["recordsize"], "131072");
+        assert_eq!(
+            vols[3].source,
+            Source::Block { device: "/dev/disk/by-id/xyz".into(), fs_type: "ext4".into(), format: true }
+        );
+    }
+
+    #[test]
+    fn accepts_a_bare_list_and_json() {
+        assert_eq!(load_one("- {name: a, type: zfs, dataset: p/a}").unwrap().len(), 1);
+        assert_eq!(load_one(r#"{"volumes":[{"name":"a","type":"zfs","dataset":"p/a"}]}"#).unwrap().len(), 1);
+        assert!(load_one("").unwrap().is_empty());
+        assert!(load_one("volumes: []").unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_each_missing_required_field() {
+        assert_eq!(fields("- {name: a, type: fuse}"), ["volumes[0].command"]);
+        assert_eq!(fields("- {name: a, type: objectivefs}"), ["volumes[0].filesystem"]);
+        assert_eq!(fields("- {name: a, type: zfs}"), ["volumes[0].dataset"]);
+        assert_eq!(fields("- {name: a, type: block}"), ["volumes[0].device", "volumes[0].fsType"]);
+        assert_eq!(fields("- {type: zfs, dataset: p/a}"), ["volumes[0].name"]);
+        assert_eq!(fields("- {name: a}"), ["volumes[0].type"]);
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_field() {
+        assert_eq!(fields("- {name: Data, type: zfs, dataset: p/a}"), ["volumes[0].name"]);
+        assert_eq!(fields("- {name: a-, type: zfs, dataset: p/a}"), ["volumes[0].name"]);
+        assert_eq!(fields("- {name: a, type: nfs}"), ["volumes[0].type"]);
+        assert_eq!(fields("- {name: a, type: fuse, command: [bindfs, /src, /dst]}"), ["volumes[0].command"]);
+        assert_eq!(fields("- {name: a, type: fuse, command: []}"), ["volumes[0].command"]);
+        assert_eq!(fields("- {name: a, type: block, device: /dev/x, fsType: ntfs}"), ["volumes[0].fsType"]);
+        assert_eq!(fields("- {name: a, type: block, device: dev/x, fsType: xfs}"), ["volumes[0].device"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: /tank/a}"), ["volumes[0].dataset"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, device: /dev/x}"), ["volumes[0].device"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, options: ['a,b']}"), ["volumes[0].options[0]"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, env: {1X: y}}"), ["volumes[0].env.1X"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, secretDir: rel}"), ["volumes[0].secretDir"]);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, secretName: Bad_Name}"), ["volumes[0].secretName"]);
+    }
+
+    #[test]
+    fn refuses_duplicates_across_sources() {
+        let err = load(&[
+            SpecText { origin: "a.yaml".into(), text: "- {name: x, type: zfs, dataset: p/a}".into() },
+            SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: "- {name: x, type: zfs, dataset: p/b}".into() },
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].origin, "SIDEMOUNT_VOLUMES");
+        assert_eq!(err.0[0].field, "volumes[0].name");
+        assert!(err.0[0].message.contains("a.yaml"));
+    }
+
+    #[test]
+    fn reports_parse_errors_and_unknown_fields() {
+        let err = load_one("volumes:\n- name: a\n  type: block\n  fstype: ext4\n").unwrap_err();
+        assert!(err.0[0].message.contains("fstype"), "{err}");
+        assert!(load_one("volumes: [").is_err());
+    }
+
+    #[test]
+    fn reads_a_directory_of_specs_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.yml"), "- {name: b, type: zfs, dataset: p/b}").unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "- {name: a, type: zfs, dataset: p/a}").unwrap();
+        std::fs::write(dir.path().join("c.json"), r#"[{"name":"c","type":"zfs","dataset":"p/c"}]"#).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a spec").unwrap();
+        let sources = read_sources(dir.path(), Some("- {name: d, type: zfs, dataset: p/d}")).unwrap();
+        let names: Vec<_> = load(&sources).unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert!(read_sources(&dir.path().join("missing.yaml"), None).unwrap().is_empty());
+    }
+}

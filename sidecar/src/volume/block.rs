@@ -1,0 +1,127 @@
+//! `block` volumes: what the LVM and OCI FlexVolume drivers did, a block device
+//! with a filesystem mounted at the volume. A device is formatted only when
+//! `blkid` finds nothing at all on it; one that holds anything else is refused.
+
+use std::path::Path;
+
+pub const PROBE: &str = "blkid";
+pub const MOUNT: &str = "mount";
+
+/// What low-level probing found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No signature of any kind.
+    Empty,
+    /// A filesystem of this type.
+    Filesystem(String),
+    /// Something else: a partition table, RAID or LVM member, swap, ambiguous signatures.
+    Other(String),
+}
+
+/// What to do with the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Mount,
+    FormatThenMount,
+}
+
+/// `blkid -p -o export <device>`: probes the device itself, not the cache.
+pub fn probe_argv(device: &Path) -> Vec<String> {
+    vec![PROBE.into(), "-p".into(), "-o".into(), "export".into(), device.display().to_string()]
+}
+
+/// Reads `blkid -p -o export` output (KEY=VALUE lines).
+pub fn parse_probe(output: &str) -> Probe {
+    let field = |key: &str| output.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string));
+    let usage = field("USAGE");
+    match (field("TYPE"), field("PTTYPE")) {
+        (Some(t), _) if usage.as_deref().map_or(true, |u| u == "filesystem") => Probe::Filesystem(t),
+        (Some(t), _) => Probe::Other(format!("a {t} signature ({})", usage.unwrap_or_default())),
+        (None, Some(pt)) => Probe::Other(format!("a {pt} partition table")),
+        (None, None) if output.trim().is_empty() => Probe::Empty,
+        (None, None) => Probe::Other(format!("unrecognised signatures ({})", output.trim().replace('\n', ", "))),
+    }
+}
+
+/// Decides, never guessing: the wanted filesystem is mounted; an empty device is
+/// formatted only with `format: true`; anything else is refused untouched.
+pub fn decide(device: &Path, probe: &Probe, fs_type: &str, format: bool) -> Result<Action, String> {
+    match probe {
+        Probe::Filesystem(found) if found == fs_type => Ok(Action::Mount),
+        Probe::Filesystem(found) => Err(format!(
+            "{} holds a {found} filesystem, not {fs_type}; sidemount never formats a device that holds data: set fsType: {found}, or wipe the device yourself",
+            device.display()
+        )),
+        Probe::Other(what) => Err(format!(
+            "{} holds {what}; sidemount never formats a device that holds data: name the partition or volume that holds the filesystem",
+            device.display()
+        )),
+        Probe::Empty if format => Ok(Action::FormatThenMount),
+        Probe::Empty => Err(format!(
+            "{} holds no filesystem; set `format: true` to create a {fs_type} filesystem on it",
+            device.display()
+        )),
+    }
+}
+
+/// `mkfs.<type> -q <device>` without any force flag: mkfs itself refuses a
+/// device where it finds a filesystem, a second guard after blkid.
+pub fn mkfs_argv(fs_type: &str, device: &Path) -> Vec<String> {
+    vec![format!("mkfs.{fs_type}"), "-q".into(), device.display().to_string()]
+}
+
+/// `mount -t <type> [-o opts] <device> <mountpoint>`.
+pub fn mount_argv(fs_type: &str, options: &[String], device: &Path, target: &Path) -> Vec<String> {
+    let mut argv = vec![MOUNT.to_string(), "-t".into(), fs_type.to_string()];
+    if !options.is_empty() {
+        argv.push("-o".into());
+        argv.push(options.join(","));
+    }
+    argv.push(device.display().to_string());
+    argv.push(target.display().to_string());
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_blkid_export() {
+        assert_eq!(parse_probe(""), Probe::Empty);
+        assert_eq!(
+            parse_probe("DEVNAME=/dev/loop0\nUUID=x\nTYPE=ext4\nUSAGE=filesystem\n"),
+            Probe::Filesystem("ext4".into())
+        );
+        assert_eq!(
+            parse_probe("DEVNAME=/dev/loop0\nPTUUID=x\nPTTYPE=gpt\n"),
+            Probe::Other("a gpt partition table".into())
+        );
+        assert_eq!(
+            parse_probe("TYPE=LVM2_member\nUSAGE=raid\n"),
+            Probe::Other("a LVM2_member signature (raid)".into())
+        );
+        assert_eq!(parse_probe("TYPE=swap\nUSAGE=other\n"), Probe::Other("a swap signature (other)".into()));
+    }
+
+    #[test]
+    fn never_formats_a_device_with_data() {
+        let dev = Path::new("/dev/loop7");
+        assert_eq!(decide(dev, &Probe::Filesystem("xfs".into()), "xfs", true), Ok(Action::Mount));
+        assert_eq!(decide(dev, &Probe::Empty, "xfs", true), Ok(Action::FormatThenMount));
+        let err = decide(dev, &Probe::Filesystem("ext4".into()), "xfs", true).unwrap_err();
+        assert!(err.contains("holds a ext4 filesystem"), "{err}");
+        assert!(decide(dev, &Probe::Other("a gpt partition table".into()), "ext4", true).is_err());
+        assert!(decide(dev, &Probe::Empty, "ext4", false).unwrap_err().contains("format: true"));
+    }
+
+    #[test]
+    fn helper_argv() {
+        let dev = Path::new("/dev/loop7");
+        assert_eq!(mkfs_argv("ext4", dev), ["mkfs.ext4", "-q", "/dev/loop7"]);
+        assert_eq!(
+            mount_argv("xfs", &["noatime".into()], dev, Path::new("/m")),
+            ["mount", "-t", "xfs", "-o", "noatime", "/dev/loop7", "/m"]
+        );
+    }
+}

@@ -1,0 +1,1049 @@
+//! One volume's life: clear what an earlier instance left at its mountpoint,
+//! start it, notice by event when it is mounted, check it with bounded calls,
+//! repair it when its daemon exits or its mount disappears, and take it down
+//! under a deadline. Each volume runs as its own task, so fifty volumes mount
+//! side by side, and a hung one holds up nobody else.
+
+pub mod block;
+pub mod fuse;
+pub mod objectivefs;
+pub mod zfs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::daemon::{describe_exit, run_helper, Children, Daemon, HelperError, Launch};
+use crate::mounts::{Mount, MountTable};
+use crate::secrets::Secrets;
+use crate::spec::{Source, Volume};
+use crate::sys::{bounded, Sys, Unmount};
+
+/// A volume that stayed ready this long starts its backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// The longest wait between two restarts.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The second restart waits this long; each later one twice the one before.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// How often a busy mount is tried again while shutting down.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
+/// More layers than this at one mountpoint is not sidemount's doing.
+const MAX_LAYERS: usize = 64;
+/// After a second signal, how long a signalled daemon gets to flush and exit.
+const HURRY_GRACE: Duration = Duration::from_secs(1);
+/// How long a daemon whose mount is gone gets to exit on its own.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// What every volume task shares.
+#[derive(Clone)]
+pub struct Context {
+    pub sys: Arc<dyn Sys>,
+    pub children: Arc<Children>,
+    pub check_timeout: Duration,
+    pub mount_timeout: Duration,
+    /// How many objectivefs volumes share the container's memory for their caches.
+    pub objectivefs_volumes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns true on a second SIGTERM: every deadline of a teardown is now.
+    pub hurry: watch::Receiver<bool>,
+    /// The private staging area where daemons mount (see `Task::attach`).
+    pub stage: PathBuf,
+}
+
+/// Where a volume is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pending,
+    Mounting,
+    Ready,
+    Repairing,
+    Failed,
+    Stopping,
+    Stopped,
+}
+
+/// What `/status`, `/metrics` and `/readyz` know of a volume.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub name: String,
+    pub kind: &'static str,
+    pub mountpoint: PathBuf,
+    pub phase: Phase,
+    /// The last bounded check answered (only meaningful while `Ready`).
+    pub responsive: bool,
+    /// A check still waiting for the kernel, and since when.
+    pub check_started: Option<Instant>,
+    pub pid: Option<i32>,
+    pub restarts: u64,
+    pub repairs: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Counts mounts; a check started on an earlier mount does not speak for this one.
+    pub generation: u64,
+}
+
+impl Status {
+    pub fn new(volume: &Volume, mountpoint: &Path) -> Status {
+        Status {
+            name: volume.name.clone(),
+            kind: volume.source.type_name(),
+            mountpoint: mountpoint.to_path_buf(),
+            phase: Phase::Pending,
+            responsive: false,
+            check_started: None,
+            pid: None,
+            restarts: 0,
+            repairs: 0,
+            errors: 0,
+            last_error: None,
+            generation: 0,
+        }
+    }
+
+    /// The state users see: `ready` only when mounted and answering.
+    pub fn state(&self) -> &'static str {
+        match self.phase {
+            Phase::Ready if !self.responsive => "unready",
+            Phase::Ready => "ready",
+            Phase::Pending => "pending",
+            Phase::Mounting => "mounting",
+            Phase::Repairing => "repairing",
+            Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready && self.responsive
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// When a stopping volume must be done: clean unmount until `busy`, then
+/// detach and signal the daemon; kill it at `last`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub busy: Instant,
+    pub last: Instant,
+}
+
+impl Deadlines {
+    /// Splits a shutdown budget: half for a clean unmount, then detach and
+    /// signal, and a margin before the end for the kill.
+    pub fn within(budget: Duration) -> Deadlines {
+        let now = Instant::now();
+        let margin = (budget / 10).min(Duration::from_secs(1));
+        Deadlines { busy: now + budget / 2, last: now + budget - margin }
+    }
+}
+
+/// A running volume task.
+pub struct Handle {
+    pub volume: Volume,
+    pub status: SharedStatus,
+    stop: Option<oneshot::Sender<Deadlines>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Starts the volume's task.
+    pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: watch::Receiver<Arc<MountTable>>) -> Handle {
+        let status = Arc::new(Mutex::new(Status::new(&volume, &mountpoint)));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
+        let matcher = Matcher::for_volume(&volume.source);
+        let task =
+            Task { volume: volume.clone(), mountpoint, matcher, ctx, status: status.clone(), table, stop: stop_rx };
+        let task = tokio::spawn(task.run().instrument(span));
+        Handle { volume, status, stop: Some(stop_tx), task }
+    }
+
+    /// Asks the task to take the volume down by `deadlines` and waits for it.
+    pub async fn stop(mut self, deadlines: Deadlines) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(deadlines);
+        }
+        if let Err(err) = self.task.await {
+            error!(volume = %self.volume.name, %err, "volume task failed");
+        }
+    }
+
+    pub fn is_kernel_mount(&self) -> bool {
+        self.volume.source.is_kernel_mount()
+    }
+}
+
+/// Which mounts at the mountpoint are this volume's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// Any FUSE mount: a daemon names its own subtype.
+    Fuse,
+    /// A kernel mount of this source: the zfs dataset, or the device's real path.
+    Source(String),
+}
+
+impl Matcher {
+    pub fn for_volume(source: &Source) -> Matcher {
+        match source {
+            Source::Fuse { .. } | Source::ObjectiveFs { .. } => Matcher::Fuse,
+            // The source of a zfs mount is its dataset, whatever the mount helper.
+            Source::Zfs { dataset, .. } => Matcher::Source(dataset.clone()),
+            // mountinfo names the device by its real path, not a /dev/disk/by-id link.
+            Source::Block { device, .. } => {
+                Matcher::Source(std::fs::canonicalize(device).unwrap_or_else(|_| device.clone()).display().to_string())
+            }
+        }
+    }
+
+    pub fn matches(&self, mount: &Mount) -> bool {
+        match self {
+            Matcher::Fuse => mount.is_fuse(),
+            Matcher::Source(source) => mount.source == *source,
+        }
+    }
+}
+
+/// How waiting for a mount or on a mounted volume ended.
+enum Event {
+    Stop(Deadlines),
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Mounted(i32),
+    Gone,
+    TimedOut,
+    /// Mounted at the stage, but the bind onto the mountpoint failed.
+    Unattached(String),
+}
+
+struct Task {
+    volume: Volume,
+    mountpoint: PathBuf,
+    matcher: Matcher,
+    ctx: Context,
+    status: SharedStatus,
+    table: watch::Receiver<Arc<MountTable>>,
+    stop: oneshot::Receiver<Deadlines>,
+}
+
+/// How one start of the volume ended.
+enum Served {
+    Stopped,
+    /// It failed or needs repair; `stable` when it had been ready long enough
+    /// to start the backoff over.
+    Failed {
+        stable: bool,
+    },
+}
+
+/// What keeps a mounted volume alive: its daemon, or the kernel alone.
+enum Keeper {
+    Daemon(Box<Daemon>),
+    Kernel,
+}
+
+impl Keeper {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Keeper::Daemon(d) => Some(d.pid()),
+            Keeper::Kernel => None,
+        }
+    }
+
+    /// Resolves when the daemon exits; never for a kernel mount.
+    async fn exited(&mut self, children: &Children) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Keeper::Daemon(d) => d.wait(children).await,
+            Keeper::Kernel => std::future::pending().await,
+        }
+    }
+}
+
+impl Task {
+    fn set(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().expect("status lock"));
+    }
+
+    fn fail(&self, message: String) {
+        error!("{message}");
+        self.set(|s| {
+            s.phase = Phase::Failed;
+            s.errors += 1;
+            s.last_error = Some(message);
+            s.pid = None;
+        });
+    }
+
+    /// Where this volume's daemon mounts: a private directory, bound from there
+    /// onto the mountpoint.
+    fn stage_path(&self) -> PathBuf {
+        self.ctx.stage.join(&self.volume.name)
+    }
+
+    fn has_daemon(&self) -> bool {
+        !self.volume.source.is_kernel_mount()
+    }
+
+    /// The newest mount table, marked seen.
+    fn latest(&mut self) -> Arc<MountTable> {
+        Arc::clone(&self.table.borrow_and_update())
+    }
+
+    fn mounted_id(&self, table: &MountTable) -> Option<i32> {
+        table.volume_at(&self.mountpoint, |m| self.matcher.matches(m)).map(|m| m.id)
+    }
+
+    async fn run(mut self) {
+        if let Source::Zfs { .. } = self.volume.source {
+            self.warn_on_zfs_version_mismatch().await;
+        }
+        let mut failures: u32 = 0;
+        let mut starts: u64 = 0;
+        loop {
+            match self.clear_mountpoint().await {
+                Err(message) => self.fail(message),
+                Ok(()) => {
+                    starts += 1;
+                    match self.serve(starts).await {
+                        Served::Stopped => return,
+                        Served::Failed { stable: true } => failures = 0,
+                        Served::Failed { stable: false } => {}
+                    }
+                }
+            }
+            failures += 1;
+            let delay = backoff(failures);
+            if !delay.is_zero() {
+                info!(delay = ?delay, failures, "waiting before the next start");
+            }
+            tokio::select! {
+                biased;
+                deadlines = &mut self.stop => return self.teardown(Keeper::Kernel, stop_or_now(deadlines)).await,
+                _ = sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The daemon's or mount helpers' environment: the spec's `env` and the
+    /// Secret's values; and the values to keep out of the log.
+    fn environment(&self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+        let secrets = match &self.volume.source {
+            Source::ObjectiveFs { .. } => objectivefs::credentials(&self.volume)?,
+            _ => match &self.volume.secret_dir {
+                None => Secrets::default(),
+                Some(dir) => Secrets::read_dir(dir).map_err(|e| e.to_string())?,
+            },
+        };
+        let mut env = fuse::env(&self.volume.env, &secrets);
+        if let Source::ObjectiveFs { .. } = self.volume.source {
+            if !env.contains_key("CACHESIZE") && std::env::var_os("CACHESIZE").is_none() {
+                let limit = objectivefs::container_memory_limit();
+                let sharing = self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed);
+                match objectivefs::cache_size_mib(limit, sharing) {
+                    Some(mib) => {
+                        info!(cachesize = %format!("{mib}M"), limit = ?limit, sharing, "CACHESIZE not set: sized from the container's memory limit, not the node's memory");
+                        env.insert("CACHESIZE".into(), format!("{mib}M"));
+                    }
+                    None => warn!("CACHESIZE not set and the container has no memory limit: ObjectiveFS sizes its cache from the node's memory; set CACHESIZE or a memory limit"),
+                }
+            }
+        }
+        Ok((env, secrets.values()))
+    }
+
+    /// Starts the volume once and stays with it until it fails or is stopped.
+    async fn serve(&mut self, starts: u64) -> Served {
+        let (env, secrets) = match self.environment() {
+            Ok(found) => found,
+            Err(message) => {
+                self.fail(message);
+                return Served::Failed { stable: false };
+            }
+        };
+        self.set(|s| {
+            s.phase = Phase::Mounting;
+            s.restarts = starts - 1;
+        });
+        let mut keeper = match self.start(&env, &secrets).await {
+            Ok(keeper) => keeper,
+            Err(message) => {
+                self.fail(message);
+                return Served::Failed { stable: false };
+            }
+        };
+        let pid = keeper.pid();
+        self.set(|s| s.pid = pid);
+
+        let mount_id = match self.await_mount(&mut keeper).await {
+            Event::Mounted(id) => id,
+            Event::Stop(deadlines) => {
+                self.teardown(keeper, deadlines).await;
+                return Served::Stopped;
+            }
+            Event::Exited(status) => {
+                let stage = self.stage_path();
+                let background = self.table.borrow().volume_at(&stage, |m| self.matcher.matches(m)).is_some();
+                let hint = if background {
+                    " after mounting: it went to the background; run it in the foreground (e.g. bindfs -f, s3fs -f)"
+                } else {
+                    " before mounting"
+                };
+                let last = match &keeper {
+                    Keeper::Daemon(d) => d.last_line().map(|l| format!(": {l}")).unwrap_or_default(),
+                    Keeper::Kernel => String::new(),
+                };
+                self.fail(format!("daemon {}{hint}{last}", describe_exit(&status)));
+                return Served::Failed { stable: false };
+            }
+            Event::TimedOut | Event::Gone => {
+                self.fail(format!(
+                    "not mounted within {:?} (SIDEMOUNT_MOUNT_TIMEOUT); starting again",
+                    self.ctx.mount_timeout
+                ));
+                if let Keeper::Daemon(daemon) = keeper {
+                    self.end_daemon(*daemon, Signal::SIGTERM).await;
+                }
+                return Served::Failed { stable: false };
+            }
+            Event::Unattached(message) => {
+                self.fail(message);
+                if let Keeper::Daemon(daemon) = keeper {
+                    self.end_daemon(*daemon, Signal::SIGTERM).await;
+                }
+                return Served::Failed { stable: false };
+            }
+        };
+
+        self.set(|s| {
+            s.phase = Phase::Ready;
+            s.responsive = false;
+            s.check_started = None;
+            s.generation += 1;
+        });
+        let answering = check(&self.status, &self.ctx.sys, self.ctx.check_timeout).await;
+        info!(pid, answering, "mounted");
+        let ready_since = Instant::now();
+
+        let event = self.watch_mounted(&mut keeper, mount_id).await;
+        let stable = ready_since.elapsed() >= STABLE_AFTER;
+        let reason = match event {
+            Event::Stop(deadlines) => {
+                self.teardown(keeper, deadlines).await;
+                return Served::Stopped;
+            }
+            Event::Exited(status) => {
+                let last = match &keeper {
+                    Keeper::Daemon(d) => d.last_line().map(|l| format!(" (last output: {l})")).unwrap_or_default(),
+                    Keeper::Kernel => String::new(),
+                };
+                format!("daemon {}{last}", describe_exit(&status))
+            }
+            Event::Gone | Event::TimedOut | Event::Mounted(_) | Event::Unattached(_) => {
+                // Unmounted by someone else, and it could not be bound again. A daemon usually exits by itself once its
+                // connection is gone. It is killed, not terminated, if it does not: on
+                // SIGTERM libfuse unmounts whatever is now at the mountpoint path.
+                if let Keeper::Daemon(daemon) = keeper {
+                    self.end_daemon(*daemon, Signal::SIGKILL).await;
+                }
+                "the mount disappeared (unmounted by someone else)".to_string()
+            }
+        };
+        warn!(%reason, "repairing");
+        self.set(|s| {
+            s.phase = Phase::Repairing;
+            s.repairs += 1;
+            s.pid = None;
+            s.last_error = Some(reason);
+        });
+        Served::Failed { stable }
+    }
+
+    /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
+    async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, String> {
+        let argv = match &self.volume.source {
+            Source::Fuse { command } => fuse::argv(command, &self.prepare_stage().await?),
+            Source::ObjectiveFs { filesystem } => {
+                objectivefs::argv(filesystem, &self.volume.options, &self.prepare_stage().await?)
+            }
+            Source::Zfs { dataset, create } => {
+                let (dataset, create) = (dataset.clone(), create.clone());
+                return self.mount_zfs(&dataset, create.as_ref(), env, secrets).await.map(|()| Keeper::Kernel);
+            }
+            Source::Block { device, fs_type, format } => {
+                let (device, fs_type, format) = (device.clone(), fs_type.clone(), *format);
+                return self.mount_block(&device, &fs_type, format, env, secrets).await.map(|()| Keeper::Kernel);
+            }
+        };
+        let daemon =
+            Daemon::spawn(&self.ctx.children, Launch { argv: &argv, env, secrets }).map_err(|e| e.to_string())?;
+        info!(pid = daemon.pid(), program = %argv[0], "daemon started");
+        Ok(Keeper::Daemon(Box::new(daemon)))
+    }
+
+    async fn helper(
+        &self,
+        argv: Vec<String>,
+        env: &BTreeMap<String, String>,
+        secrets: &[String],
+    ) -> Result<String, HelperError> {
+        debug!(command = %argv.join(" "), "running");
+        run_helper(&self.ctx.children, &argv, env, secrets, self.ctx.mount_timeout).await
+    }
+
+    async fn mount_zfs(
+        &mut self,
+        dataset: &str,
+        create: Option<&BTreeMap<String, String>>,
+        env: &BTreeMap<String, String>,
+        secrets: &[String],
+    ) -> Result<(), String> {
+        if self.helper(zfs::list_argv(dataset), env, secrets).await.is_err() {
+            let Some(properties) = create else {
+                return Err(format!(
+                    "dataset {dataset} does not exist; create it on the node's pool, or add `create:` to the spec"
+                ));
+            };
+            match self.helper(zfs::create_argv(dataset, properties), env, secrets).await {
+                Ok(_) => info!(dataset, "created the dataset"),
+                // Another pod may have created it meanwhile: what exists is never touched.
+                Err(err) if self.helper(zfs::list_argv(dataset), env, secrets).await.is_ok() => {
+                    info!(dataset, %err, "the dataset appeared meanwhile; using it as it is");
+                }
+                Err(err) => return Err(format!("cannot create dataset {dataset}: {err}")),
+            }
+        }
+        let zfs_mountpoint = self
+            .helper(zfs::mountpoint_argv(dataset), env, secrets)
+            .await
+            .map_err(|e| format!("cannot read the mountpoint property of {dataset}: {e}"))?;
+        let argv = zfs::mount_argv(dataset, &zfs_mountpoint, &self.volume.options, &self.mountpoint);
+        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {dataset}: {e}"))
+    }
+
+    async fn mount_block(
+        &mut self,
+        device: &Path,
+        fs_type: &str,
+        format: bool,
+        env: &BTreeMap<String, String>,
+        secrets: &[String],
+    ) -> Result<(), String> {
+        if std::fs::metadata(device).is_err() {
+            return Err(format!("device {} not found; attach it to the node, or fix `device`", device.display()));
+        }
+        self.matcher = Matcher::for_volume(&self.volume.source);
+        let probe = match self.helper(block::probe_argv(device), env, secrets).await {
+            Ok(output) => block::parse_probe(&output),
+            // blkid -p exits 2 when it finds no signature at all.
+            Err(err) if err.code() == Some(2) => block::Probe::Empty,
+            Err(err) => return Err(format!("cannot probe {}: {err}", device.display())),
+        };
+        if block::decide(device, &probe, fs_type, format)? == block::Action::FormatThenMount {
+            info!(device = %device.display(), fs_type, "no filesystem on the device: formatting it");
+            self.helper(block::mkfs_argv(fs_type, device), env, secrets)
+                .await
+                .map_err(|e| format!("cannot format {}: {e}", device.display()))?;
+        }
+        let argv = block::mount_argv(fs_type, &self.volume.options, device, &self.mountpoint);
+        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
+    }
+
+    async fn warn_on_zfs_version_mismatch(&self) {
+        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &self.volume.env, &[]).await {
+            Ok(output) => {
+                if let Some((user, kmod)) = zfs::version_mismatch(&output) {
+                    warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
+                }
+            }
+            Err(err) => debug!(%err, "cannot read the zfs versions"),
+        }
+    }
+
+    /// Waits until this volume's mount is on top at the mountpoint.
+    async fn await_mount(&mut self, keeper: &mut Keeper) -> Event {
+        let deadline = sleep(self.ctx.mount_timeout);
+        tokio::pin!(deadline);
+        let children = self.ctx.children.clone();
+        let watched = if self.has_daemon() { self.stage_path() } else { self.mountpoint.clone() };
+        loop {
+            let seen = self.latest();
+            let mounted = seen.volume_at(&watched, |m| self.matcher.matches(m)).is_some();
+            // The watch may still hold a table from before the stage was cleared:
+            // what it shows is confirmed with the kernel before it is acted on.
+            let fresh = if mounted { MountTable::read_self().ok() } else { None };
+            if let Some(id) =
+                fresh.as_ref().and_then(|t| t.volume_at(&watched, |m| self.matcher.matches(m))).map(|m| m.id)
+            {
+                if !self.has_daemon() {
+                    return Event::Mounted(id);
+                }
+                return match self.attach().await {
+                    Ok(id) => Event::Mounted(id),
+                    Err(message) => Event::Unattached(message),
+                };
+            }
+            // A kernel mount is done when its helper returns: the event is on its way.
+            tokio::select! {
+                biased;
+                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                status = keeper.exited(&children) => {
+                    let _ = self.table.borrow_and_update();
+                    return Event::Exited(status);
+                }
+                changed = self.table.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                _ = &mut deadline => return Event::TimedOut,
+            }
+        }
+    }
+
+    /// Stays with a mounted volume until its daemon exits, its mount goes or it is
+    /// stopped. A daemon's mount that someone unmounted is bound again from the stage.
+    async fn watch_mounted(&mut self, keeper: &mut Keeper, mount_id: i32) -> Event {
+        let children = self.ctx.children.clone();
+        let mut mount_id = mount_id;
+        loop {
+            tokio::select! {
+                biased;
+                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                status = keeper.exited(&children) => return Event::Exited(status),
+                changed = self.table.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let table = self.latest();
+                    if self.mounted_id(&table) == Some(mount_id) {
+                        continue;
+                    }
+                    // The watch may deliver a table read before our own last bind: ask the
+                    // kernel again before calling the mount gone.
+                    match MountTable::read_self() {
+                        Ok(now) if self.mounted_id(&now) == Some(mount_id) => continue,
+                        _ => {}
+                    }
+                    if !self.has_daemon() {
+                        return Event::Gone;
+                    }
+                    // The daemon still serves its mount at the stage. Apps that captured
+                    // the old bind keep it, alive; the rest see the new one.
+                    match self.attach().await {
+                        Ok(id) => {
+                            let reason = "the mount disappeared (unmounted by someone else)";
+                            warn!(%reason, "bound again from the stage");
+                            mount_id = id;
+                            self.set(|s| {
+                                s.repairs += 1;
+                                s.last_error = Some(reason.into());
+                            });
+                        }
+                        Err(message) => {
+                            warn!(%message, "cannot bind the mount again");
+                            return Event::Gone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deals with what sits at the mountpoint before a start. A kernel mount left
+    /// by an earlier instance is removed: aborted if dead or hung, only detached if
+    /// live, so files open on it keep working. FUSE mounts are covered (see below).
+    async fn clear_mountpoint(&mut self) -> Result<(), String> {
+        self.matcher = Matcher::for_volume(&self.volume.source);
+        let fresh = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        if self.has_daemon() {
+            // A FUSE mount at the mountpoint may have been bound by the container
+            // runtime into an app that started after it (the native-sidecar order): that
+            // app's mount receives only mounts made on top of it. So dead FUSE mounts
+            // (their daemon gone, their connection aborted with it) are covered by the
+            // new mount, not detached; teardown unmounts every layer.
+            let layers = fresh.above_base(&self.mountpoint, |m| self.matcher.matches(m)).len();
+            if layers > 0 {
+                info!(layers, "covering the FUSE mount(s) left at the mountpoint with the new mount");
+            }
+            return Ok(());
+        }
+        let stale: Vec<Mount> =
+            fresh.above_base(&self.mountpoint, |m| self.matcher.matches(m)).into_iter().cloned().collect();
+        for mount in &stale {
+            let live = self.statfs().await.is_ok();
+            let how = if live { Unmount::Detach } else { Unmount::Abort };
+            self.unmount(how).await.map_err(|e| {
+                format!("cannot clear the {} mount at the mountpoint: {e}; unmount it by hand", mount.fs_type)
+            })?;
+            info!(fs_type = %mount.fs_type, source = %mount.source, live, "cleared a leftover mount at the mountpoint");
+        }
+        if !stale.is_empty() {
+            // Let the mount-table watch catch up, so the old entry is not taken for the new mount.
+            let (mountpoint, matcher) = (self.mountpoint.clone(), self.matcher.clone());
+            let gone = move |t: &MountTable| t.volume_at(&mountpoint, |m| matcher.matches(m)).is_none();
+            if !self.wait_table(gone, Duration::from_secs(2)).await {
+                return Err("a mount at the mountpoint would not go away".into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_table(&mut self, done: impl Fn(&MountTable) -> bool, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            if done(&self.table.borrow_and_update()) {
+                return true;
+            }
+            match tokio::time::timeout_at(until, self.table.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Makes the stage directory ready for a new daemon: created, and with any
+    /// mount of an earlier daemon there removed (dead: aborted).
+    async fn prepare_stage(&self) -> Result<PathBuf, String> {
+        // First the dead mount of an earlier daemon: stat of it fails (ENOTCONN).
+        self.release_stage(true).await?;
+        let stage = self.stage_path();
+        std::fs::create_dir_all(&stage)
+            .map_err(|e| format!("cannot create the staging directory {}: {e}", stage.display()))?;
+        Ok(stage)
+    }
+
+    /// Unmounts whatever is mounted at the stage: cleanly, or (`abort`, or busy)
+    /// aborted and detached. The stage is private: nothing propagates from it.
+    async fn release_stage(&self, abort: bool) -> Result<(), String> {
+        let stage = self.stage_path();
+        for _ in 0..MAX_LAYERS {
+            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            if !table.is_mount_point(&stage) {
+                return Ok(());
+            }
+            let how = if abort { Unmount::Abort } else { Unmount::Clean };
+            match self.unmount_at(&stage, how).await {
+                Ok(()) => {}
+                Err(UnmountError::Refused(Errno::EINVAL | Errno::ENOENT)) => return Ok(()),
+                Err(_) => self
+                    .unmount_at(&stage, Unmount::Abort)
+                    .await
+                    .map_err(|e| format!("cannot unmount the staging directory {}: {e}", stage.display()))?,
+            }
+        }
+        Err(format!("too many mounts at the staging directory {}", stage.display()))
+    }
+
+    /// Binds the daemon's mount from the stage onto the mountpoint, on top of
+    /// whatever is there: the pod volume's bind, or dead mounts of earlier daemons
+    /// that apps may hold (their copies receive mounts made on top of them).
+    /// Returns the new mount's id.
+    async fn attach(&mut self) -> Result<i32, String> {
+        let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
+        // Never bind the bare staging directory: only the daemon's mount there.
+        let before = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
+            return Err("the daemon's mount is no longer at the staging directory".into());
+        }
+        match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
+            Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
+        }
+        let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        self.mounted_id(&table).ok_or_else(|| {
+            let here: Vec<String> = table
+                .mounts
+                .iter()
+                .filter(|m| m.mount_point == self.mountpoint)
+                .map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type))
+                .collect();
+            format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
+        })
+    }
+
+    async fn statfs(&self) -> Result<(), String> {
+        let (sys, mp) = (self.ctx.sys.clone(), self.mountpoint.clone());
+        match bounded(self.ctx.check_timeout, move || sys.statfs(&mp)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(t) => Err(t.to_string()),
+        }
+    }
+
+    async fn unmount(&self, how: Unmount) -> Result<(), UnmountError> {
+        self.unmount_at(&self.mountpoint, how).await
+    }
+
+    async fn unmount_at(&self, path: &Path, how: Unmount) -> Result<(), UnmountError> {
+        let (sys, mp) = (self.ctx.sys.clone(), path.to_path_buf());
+        match bounded(self.ctx.check_timeout, move || sys.unmount(&mp, how)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(errno)) => Err(UnmountError::Refused(errno)),
+            Err(_) => Err(UnmountError::Hung),
+        }
+    }
+
+    /// Ends a daemon whose mount is gone or never came: a grace period to exit
+    /// by itself, then `first` to its group, then SIGKILL.
+    async fn end_daemon(&mut self, mut daemon: Daemon, first: Signal) {
+        let children = self.ctx.children.clone();
+        if tokio::time::timeout(EXIT_GRACE, daemon.wait(&children)).await.is_ok() {
+            return;
+        }
+        daemon.signal(first);
+        if first != Signal::SIGKILL && tokio::time::timeout(EXIT_GRACE, daemon.wait(&children)).await.is_ok() {
+            return;
+        }
+        daemon.signal(Signal::SIGKILL);
+        let status = daemon.wait(&children).await;
+        debug!(status = %describe_exit(&status), "daemon ended");
+    }
+
+    /// Sleeps until `at`, or, once a second signal says not to wait any more,
+    /// for `grace` at most.
+    async fn until(&self, at: Instant, grace: Duration) {
+        let mut hurry = self.ctx.hurry.clone();
+        tokio::select! {
+            _ = sleep_until(at) => {}
+            _ = async {
+                let _ = hurry.wait_for(|h| *h).await;
+                sleep(grace).await;
+            } => {}
+        }
+    }
+
+    /// Takes the volume down by the deadlines: clean unmount, retried while busy;
+    /// at `busy` detach it and signal the daemon; at `last` kill the daemon.
+    /// A kernel mount is detached at once if busy: no daemon holds its data, and
+    /// left mounted on the emptyDir the kubelet's recursive delete would empty it.
+    async fn teardown(&mut self, keeper: Keeper, deadlines: Deadlines) {
+        self.set(|s| s.phase = Phase::Stopping);
+        let busy = match keeper {
+            Keeper::Kernel => Instant::now(),
+            Keeper::Daemon(_) => deadlines.busy,
+        };
+        // Every layer: a repaired FUSE volume has the dead mounts it covered below its own.
+        let mut layers = 0;
+        // Bounded by layers, not by tries: a busy mount is tried again until `busy`.
+        while layers < MAX_LAYERS {
+            let table = match MountTable::read_self() {
+                Ok(table) => table,
+                Err(err) => {
+                    error!(%err, "cannot read the mount table; the volume may stay mounted");
+                    break;
+                }
+            };
+            // Any layer of ours at the mountpoint, on top or not: unmount acts on the top.
+            let ours =
+                table.mounts.iter().filter(|m| m.mount_point == self.mountpoint && self.matcher.matches(m)).count();
+            if ours == 0 {
+                debug!(layers, "no layer left at the mountpoint");
+                break;
+            }
+            match self.unmount(Unmount::Clean).await {
+                Ok(()) => layers += 1,
+                Err(UnmountError::Refused(Errno::EBUSY)) if Instant::now() < busy && !*self.ctx.hurry.borrow() => {
+                    debug!("busy; trying again");
+                    let retry = Instant::now() + BUSY_RETRY.min(busy.saturating_duration_since(Instant::now()));
+                    self.until(retry, Duration::ZERO).await;
+                }
+                Err(UnmountError::Refused(Errno::EBUSY)) => match self.unmount(Unmount::Detach).await {
+                    Ok(()) => {
+                        layers += 1;
+                        warn!("still busy at the deadline: detached; open files keep it alive until they close");
+                    }
+                    Err(err) => {
+                        error!(%err, "the busy mount could not be detached");
+                        break;
+                    }
+                },
+                Err(UnmountError::Refused(errno @ (Errno::EINVAL | Errno::ENOENT))) => {
+                    debug!(%errno, "nothing more to unmount");
+                    break;
+                }
+                Err(err) => {
+                    warn!(%err, "clean unmount impossible: aborting and detaching");
+                    if let Err(err) = self.unmount(Unmount::Abort).await {
+                        error!(%err, "the mount could not be detached");
+                        break;
+                    }
+                    layers += 1;
+                }
+            }
+        }
+        if layers > 0 {
+            info!(layers, "unmounted");
+        }
+        if self.has_daemon() {
+            // The daemon's own mount: with every bind of it gone, the daemon sees its
+            // connection end, flushes and exits.
+            if let Err(message) = self.release_stage(false).await {
+                error!(%message, "the staged mount could not be removed");
+            }
+        }
+        if let Keeper::Daemon(mut daemon) = keeper {
+            let children = self.ctx.children.clone();
+            let pid = daemon.pid();
+            let exited = tokio::select! {
+                status = daemon.wait(&children) => Some(status),
+                _ = self.until(deadlines.busy, Duration::ZERO) => None,
+            };
+            let status = match exited {
+                Some(status) => status,
+                None => {
+                    info!(pid, "daemon still running at the deadline: SIGTERM");
+                    daemon.signal(Signal::SIGTERM);
+                    tokio::select! {
+                        status = daemon.wait(&children) => status,
+                        _ = self.until(deadlines.last, HURRY_GRACE) => {
+                            warn!(pid, "daemon ignored SIGTERM: SIGKILL; whatever it had not flushed is lost");
+                            daemon.signal(Signal::SIGKILL);
+                            daemon.wait(&children).await
+                        }
+                    }
+                }
+            };
+            info!(pid, status = %describe_exit(&status), "daemon exited");
+        }
+        self.set(|s| {
+            s.phase = Phase::Stopped;
+            s.pid = None;
+        });
+    }
+}
+
+/// After `failures` consecutive failures: the first repair at once, then
+/// capped exponential backoff.
+pub fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures.saturating_sub(2)).unwrap_or(u32::MAX);
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
+}
+
+fn stop_or_now(received: Result<Deadlines, oneshot::error::RecvError>) -> Deadlines {
+    // A dropped handle means the supervisor is gone: take the volume down quickly.
+    received.unwrap_or_else(|_| Deadlines::within(Duration::from_secs(5)))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UnmountError {
+    #[error("{0}")]
+    Refused(Errno),
+    #[error("umount did not return; the kernel is waiting on the filesystem")]
+    Hung,
+}
+
+/// Checks one ready volume with a bounded `statfs`.
+pub async fn check(status: &SharedStatus, sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
+    check_many(std::slice::from_ref(status), sys, timeout).await
+}
+
+/// Checks ready volumes with bounded `statfs` calls, one after another on one
+/// thread, so a periodic check of many volumes costs one wakeup. When a call
+/// misses its deadline, that volume is marked not answering and the rest go on
+/// on a fresh thread. A volume whose earlier check still waits on the kernel is
+/// not checked again: a hung mount holds one thread, not one per probe.
+/// True when every volume given is ready.
+pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
+    let mut queue: Vec<(SharedStatus, PathBuf, u64)> = Vec::new();
+    for status in statuses {
+        let mut s = status.lock().expect("status lock");
+        if s.phase != Phase::Ready {
+            continue;
+        }
+        match s.check_started {
+            Some(started) => {
+                if started.elapsed() >= timeout && s.responsive {
+                    let message =
+                        format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
+                    record_check(&mut s, Err(message));
+                }
+            }
+            None => {
+                s.check_started = Some(Instant::now());
+                queue.push((status.clone(), s.mountpoint.clone(), s.generation));
+            }
+        }
+    }
+    while !queue.is_empty() {
+        let batch: Arc<[(SharedStatus, PathBuf, u64)]> = std::mem::take(&mut queue).into();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (worker_batch, worker_done, worker_sys) = (batch.clone(), done.clone(), sys.clone());
+        let finished = bounded(timeout, move || {
+            for (status, mountpoint, generation) in worker_batch.iter() {
+                let result = worker_sys.statfs(mountpoint);
+                let mut s = status.lock().expect("status lock");
+                if s.generation == *generation {
+                    s.check_started = None;
+                    record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
+                }
+                worker_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .await;
+        if finished.is_ok() {
+            break;
+        }
+        // The call at `stuck` is waiting on the kernel: that volume is not answering.
+        let stuck = done.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((status, _, generation)) = batch.get(stuck) {
+            let mut s = status.lock().expect("status lock");
+            if s.generation == *generation {
+                let message =
+                    format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
+                record_check(&mut s, Err(message));
+            }
+        }
+        queue = batch.iter().skip(stuck + 1).cloned().collect();
+    }
+    statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
+}
+
+fn record_check(s: &mut Status, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            if !s.responsive {
+                debug!(volume = %s.name, "mountpoint answers");
+            }
+            s.responsive = true;
+        }
+        Err(message) => {
+            if s.responsive {
+                warn!(volume = %s.name, %message, "mountpoint not answering");
+            }
+            s.responsive = false;
+            s.last_error = Some(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_once_and_is_capped() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(3), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(2));
+        assert_eq!(backoff(10), BACKOFF_CAP);
+        assert_eq!(backoff(200), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn deadlines_fit_the_budget() {
+        let start = Instant::now();
+        let d = Deadlines::within(Duration::from_secs(20));
+        assert!(d.busy <= start + Duration::from_secs(11));
+        assert!(d.last <= start + Duration::from_secs(19) + Duration::from_millis(50));
+        assert!(d.busy < d.last);
+    }
+}

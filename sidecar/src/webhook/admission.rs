@@ -1,0 +1,240 @@
+//! AdmissionReview v1: reads a review, injects the pod, and writes the answer.
+//! Pure, so the router is tested on fixture files without sockets.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::patch;
+use crate::inject::{self, Config, Outcome};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// The part of an AdmissionReview request the webhook reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    api_version: String,
+    kind: String,
+    request: Option<Request>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    object: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    kind: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewResponse<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    code: u16,
+    message: String,
+}
+
+/// What the webhook decided, for the log line of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed with a patch of this many operations.
+    Injected { operations: usize },
+    /// Allowed unchanged, and why.
+    Unchanged(&'static str),
+    /// Denied with this message.
+    Denied(String),
+}
+
+/// A reviewed request: the response body and what was decided.
+#[derive(Debug, Clone)]
+pub struct Reviewed {
+    pub uid: String,
+    /// `namespace/name` of the pod, as far as the request says.
+    pub object: String,
+    pub verdict: Verdict,
+    /// The AdmissionReview response, as JSON.
+    pub body: Vec<u8>,
+}
+
+/// A request that is not an AdmissionReview v1 at all: answered with HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not an AdmissionReview: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error("expected apiVersion {API_VERSION} kind {KIND}, got {api_version} {kind}: set admissionReviewVersions: [v1] in the webhook configuration")]
+    Version { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// Answers one AdmissionReview: allowed with a JSON Patch that injects the
+/// pod, allowed unchanged (not a pod CREATE, no `sidemount.io/volumes`, already
+/// injected), or denied with the message that names the field at fault.
+pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
+    let review: Review = serde_json::from_slice(body).map_err(ReviewError::Parse)?;
+    if review.api_version != API_VERSION || review.kind != KIND {
+        return Err(ReviewError::Version { api_version: review.api_version, kind: review.kind });
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    let object = describe(&request);
+
+    let mut response = Response {
+        uid: &request.uid,
+        allowed: true,
+        patch_type: None,
+        patch: None,
+        status: None,
+        warnings: Vec::new(),
+    };
+    let verdict = match (
+        &request.object,
+        request.kind.group.is_empty() && request.kind.kind == "Pod",
+        request.operation.as_str(),
+    ) {
+        (Some(pod), true, "CREATE") => match inject::inject(pod, config) {
+            Ok(Outcome::Injected { pod: injected, warnings }) => {
+                let operations = patch::diff(pod, &injected);
+                let json = serde_json::to_vec(&operations).expect("a patch serializes");
+                response.patch_type = Some("JSONPatch");
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+                response.warnings = warnings;
+                Verdict::Injected { operations: operations.len() }
+            }
+            Ok(Outcome::NotRequested) => Verdict::Unchanged("no sidemount.io/volumes annotation"),
+            Ok(Outcome::AlreadyInjected) => Verdict::Unchanged("already injected"),
+            Err(err) => {
+                let message = err.to_string();
+                response.allowed = false;
+                response.status = Some(Status { code: 400, message: message.clone() });
+                Verdict::Denied(message)
+            }
+        },
+        (None, _, _) => Verdict::Unchanged("no object in the request"),
+        _ => Verdict::Unchanged("not a pod CREATE"),
+    };
+    let body = serde_json::to_vec(&ReviewResponse { api_version: API_VERSION, kind: KIND, response })
+        .expect("an AdmissionReview serializes");
+    Ok(Reviewed { uid: request.uid.clone(), object, verdict, body })
+}
+
+/// `namespace/name` of the pod under review; pods of workloads have only a
+/// `generateName` at admission.
+fn describe(request: &Request) -> String {
+    let meta = |key: &str| {
+        request.object.as_ref().and_then(|o| o.pointer(&format!("/metadata/{key}"))).and_then(Value::as_str)
+    };
+    let name = request
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| meta("name").map(String::from))
+        .or_else(|| meta("generateName").map(|prefix| format!("{prefix}*")))
+        .unwrap_or_else(|| "(unnamed)".into());
+    match request.namespace.as_deref().filter(|n| !n.is_empty()).or_else(|| meta("namespace")) {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::for_tests()
+    }
+
+    fn review_of(object: Value, kind: &str, operation: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": API_VERSION, "kind": KIND,
+            "request": { "uid": "u-1", "kind": { "group": "", "version": "v1", "kind": kind },
+                         "operation": operation, "namespace": "ns", "object": object }
+        }))
+        .unwrap()
+    }
+
+    fn response(reviewed: &Reviewed) -> Value {
+        let body: Value = serde_json::from_slice(&reviewed.body).unwrap();
+        assert_eq!(body["apiVersion"], API_VERSION);
+        assert_eq!(body["kind"], KIND);
+        assert_eq!(body["response"]["uid"], "u-1");
+        body["response"].clone()
+    }
+
+    #[test]
+    fn allows_with_a_patch_or_unchanged_or_denies() {
+        let pod = json!({ "metadata": { "generateName": "web-", "annotations": { "sidemount.io/volumes": "- {name: d, type: zfs, dataset: p/d}" } },
+                          "spec": { "containers": [{ "name": "app", "image": "x" }] } });
+        let reviewed = review(&review_of(pod.clone(), "Pod", "CREATE"), &config()).unwrap();
+        assert_eq!(reviewed.object, "ns/web-*");
+        assert!(matches!(reviewed.verdict, Verdict::Injected { .. }));
+        let r = response(&reviewed);
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD.decode(r["patch"].as_str().unwrap()).unwrap();
+        let patch: Vec<Value> = serde_json::from_slice(&patch).unwrap();
+        assert!(patch.iter().any(|op| op["path"] == "/metadata/annotations/sidemount.io~1injected"), "{patch:?}");
+
+        let r = response(&review(&review_of(pod.clone(), "Pod", "UPDATE"), &config()).unwrap());
+        assert_eq!(r, json!({ "uid": "u-1", "allowed": true }));
+        let r = response(&review(&review_of(pod, "Deployment", "CREATE"), &config()).unwrap());
+        assert_eq!(r, json!({ "uid": "u-1", "allowed": true }));
+
+        let bad = json!({ "metadata": { "annotations": { "sidemount.io/volumes": "- {name: d, type: zfs}" } }, "spec": { "containers": [] } });
+        let reviewed = review(&review_of(bad, "Pod", "CREATE"), &config()).unwrap();
+        let r = response(&reviewed);
+        assert_eq!(r["allowed"], false);
+        assert_eq!(r["status"]["code"], 400);
+        assert!(
+            r["status"]["message"].as_str().unwrap().starts_with("sidemount.io/volumes: volumes[0].dataset: required"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_admission_review() {
+        assert!(matches!(review(b"{", &config()), Err(ReviewError::Parse(_))));
+        let v1beta1 = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#;
+        assert!(matches!(review(v1beta1, &config()), Err(ReviewError::Version { .. })));
+        let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        assert!(matches!(review(empty, &config()), Err(ReviewError::NoRequest)));
+    }
+}

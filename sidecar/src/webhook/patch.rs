@@ -1,0 +1,110 @@
+//! JSON Patch (RFC 6902) from one JSON value to another: what the admission
+//! response carries, computed by diffing the pod before and after injection
+//! so that the webhook and `sidemount inject` share one mutation.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One patch operation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Operation {
+    Add { path: String, value: Value },
+    Remove { path: String },
+    Replace { path: String, value: Value },
+}
+
+/// The operations that turn `from` into `to`. Objects are compared key by key;
+/// a list that changed length is replaced whole: injection inserts containers
+/// in the middle of lists, where index-wise adds would only be harder to read.
+pub fn diff(from: &Value, to: &Value) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    walk(from, to, &mut String::new(), &mut ops);
+    ops
+}
+
+fn walk(from: &Value, to: &Value, path: &mut String, ops: &mut Vec<Operation>) {
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in a.keys().filter(|k| !b.contains_key(*k)) {
+                ops.push(Operation::Remove { path: child(path, key) });
+            }
+            for (key, value) in b {
+                match a.get(key) {
+                    None => ops.push(Operation::Add { path: child(path, key), value: value.clone() }),
+                    Some(old) => {
+                        let len = path.len();
+                        push_token(path, key);
+                        walk(old, value, path, ops);
+                        path.truncate(len);
+                    }
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (old, new)) in a.iter().zip(b).enumerate() {
+                let len = path.len();
+                push_token(path, &i.to_string());
+                walk(old, new, path, ops);
+                path.truncate(len);
+            }
+        }
+        _ if from == to => {}
+        _ => ops.push(Operation::Replace { path: path.clone(), value: to.clone() }),
+    }
+}
+
+fn child(path: &str, key: &str) -> String {
+    let mut path = path.to_string();
+    push_token(&mut path, key);
+    path
+}
+
+/// Appends one reference token, escaped as RFC 6901 says: `~` is `~0`, `/` is
+/// `~1` (annotation keys such as `sidemount.io/injected` carry a slash).
+fn push_token(path: &mut String, token: &str) {
+    path.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diffs_objects_key_by_key_and_escapes_tokens() {
+        let from = json!({ "metadata": { "annotations": { "a/b": "1", "gone": "x" } }, "spec": { "n": 1 } });
+        let to = json!({ "metadata": { "annotations": { "a/b": "1", "c~d/e": "2" } }, "spec": { "n": 2 } });
+        let ops = serde_json::to_value(diff(&from, &to)).unwrap();
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "remove", "path": "/metadata/annotations/gone" },
+                { "op": "add", "path": "/metadata/annotations/c~0d~1e", "value": "2" },
+                { "op": "replace", "path": "/spec/n", "value": 2 },
+            ])
+        );
+    }
+
+    #[test]
+    fn replaces_lists_that_changed_length() {
+        let from = json!({ "l": [1, { "x": 1 }], "m": [1, 2] });
+        let to = json!({ "l": [1, { "x": 2 }], "m": [0, 1, 2] });
+        assert_eq!(
+            diff(&from, &to),
+            [
+                Operation::Replace { path: "/l/1/x".into(), value: json!(2) },
+                Operation::Replace { path: "/m".into(), value: json!([0, 1, 2]) },
+            ]
+        );
+        assert!(diff(&from, &from).is_empty());
+        assert_eq!(diff(&json!(1), &json!("x")), [Operation::Replace { path: String::new(), value: json!("x") }]);
+    }
+}
