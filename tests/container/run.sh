@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016,SC2317
+# (SC2016: single-quoted commands run inside containers; SC2317: helpers are
+# called through wait_for.)
+# Container-level end-to-end tests of sidemount's images, with a real Docker engine
+# and real containers: what the kubelet and the container runtime do for a pod,
+# done with `docker run`.
+#
+#   node:     a host folder D on a tmpfs with shared propagation (the kubelet's
+#             pod directory sits on a shared mount the same way)
+#   sidecar:  the sidecar image, privileged, D/<case>/data bound `rshared` at
+#             /sidemount/data (mountPropagation: Bidirectional)
+#   app:      the same image with `--entrypoint sh`, D/<case>/data bound `rslave`
+#             at /data (mountPropagation: HostToContainer)
+#
+# It builds the images first with images/build-local.sh (the debootstrapped base
+# image is reused when the engine has it). Every case cleans up after itself, and
+# the exit trap removes whatever is left: the containers carrying this run's label,
+# mounts under D, D itself, loop devices, processes it started, temporary folders.
+#
+# Usage: sudo tests/container/run.sh [CASE...]     (no CASE: every case)
+# Settings (environment):
+#   SIDEMOUNT_E2E_BUILD=0     use the images that are there, do not build
+#   SIDEMOUNT_E2E_SKIP="a b"  skip these cases (reported as skipped)
+#   SIDECAR_IMAGE, WEBHOOK_IMAGE   [sidemount:dev, sidemount-webhook:dev]
+# Ends with the line `container e2e: N passed, M failed` (and `, K skipped`), and
+# exits non-zero when a case failed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export SIDECAR_IMAGE=${SIDECAR_IMAGE:-sidemount:dev}
+export WEBHOOK_IMAGE=${WEBHOOK_IMAGE:-sidemount-webhook:dev}
+run_id=sidemount-e2e-$$
+started=$SECONDS
+
+say() { echo "container e2e: $*" >&2; }
+# `producer | grep -q` fails under pipefail when grep exits at the first match and the
+# producer dies of SIGPIPE (and `! producer | grep -q` then passes wrongly): read all
+# of stdin first, then match.
+matches() {
+  local text
+  text=$(cat)
+  grep -q "$@" <<<"$text"
+}
+[ "$(id -u)" = 0 ] || { say "run as root (sudo $0): it makes mounts and loop devices"; exit 1; }
+docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed)"; exit 1; }
+
+# ---------------------------------------------------------------- host tools
+need=()
+for tool in curl:curl jq:jq openssl:openssl findmnt:util-linux nsenter:util-linux losetup:mount \
+  mkfs.ext4:e2fsprogs dpkg-deb:dpkg debootstrap:debootstrap; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+moto=$repo/.venv/bin/moto_server
+if [ ! -x "$moto" ]; then
+  say "installing moto into $repo/.venv (tests/requirements.txt)"
+  [ -x "$repo/.venv/bin/python" ] || python3 -m venv "$repo/.venv"
+  "$repo/.venv/bin/pip" install -q --disable-pip-version-check -r "$repo/tests/requirements.txt"
+fi
+
+# ---------------------------------------------------------------- state, cleanup
+work=$(mktemp -d /tmp/sidemount-e2e.XXXXXX)
+node=$work/node          # D: the tmpfs with shared propagation
+logs=$work/logs
+mkdir -p "$node" "$logs"
+
+stop_started() { # processes a case started on the host (by pid)
+  local pid
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
+    rm -f "$work/pids"
+  fi
+}
+unmount_under() { # every mount below $1 (not $1 itself), innermost first
+  local m
+  findmnt -rn -o TARGET | awk -v p="$1/" 'index($0, p) == 1' | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+remove_containers() {
+  local ids
+  ids=$(docker ps -aq --filter "label=$run_id=$1")
+  [ -z "$ids" ] || echo "$ids" | xargs docker rm -f >/dev/null 2>&1 || true
+}
+stop_case_containers() {
+  local ids
+  ids=$(docker ps -q --filter "label=$run_id=$1")
+  [ -z "$ids" ] || echo "$ids" | xargs docker stop -t 20 >/dev/null 2>&1 || true
+}
+cleanup() {
+  set +e
+  docker ps -aq --filter "label=$run_id" | xargs -r docker rm -f >/dev/null 2>&1
+  docker image rm -f "$run_id-ofs:dev" >/dev/null 2>&1
+  stop_started
+  if [ -f "$work/loops" ]; then
+    while read -r loop; do losetup -d "$loop" 2>/dev/null; done <"$work/loops"
+  fi
+  unmount_under "$node"
+  umount -l "$node" 2>/dev/null
+  unmount_under "$work"
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mount -t tmpfs -o size=256m,mode=0755 "$run_id" "$node"
+mount --make-shared "$node"
+
+# ---------------------------------------------------------------- images
+if [ "${SIDEMOUNT_E2E_BUILD:-1}" != 0 ]; then
+  say "building the images (images/build-local.sh)"
+  build_started=$SECONDS
+  if ! "$repo/images/build-local.sh" >"$logs/build.log" 2>&1; then
+    tail -n 40 "$logs/build.log" >&2
+    say "building the images failed"
+    echo "container e2e: 0 passed, 1 failed"
+    exit 1
+  fi
+  grep '^build-local: .*MB' "$logs/build.log" >&2 || true
+  say "images built in $((SECONDS - build_started))s"
+fi
+for image in "$SIDECAR_IMAGE" "$WEBHOOK_IMAGE"; do
+  docker image inspect "$image" >/dev/null 2>&1 || { say "no image $image"; exit 1; }
+done
+
+# The sidecar runs --privileged, as in a pod. An engine whose own capability
+# bounding set lacks a capability cannot start any --privileged container (runc:
+# "unable to apply caps"); there the sidecar gets what privileged gives that this
+# engine can grant: every other capability, no seccomp or AppArmor profile, an
+# unmasked /proc and /sys, /dev/fuse.
+caps=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+  NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT
+  SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE
+  AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ
+  PERFMON BPF CHECKPOINT_RESTORE)
+if docker run --rm --privileged --label "$run_id=probe" --entrypoint true "$SIDECAR_IMAGE" >/dev/null 2>&1; then
+  privileged=(--privileged)
+else
+  engine_pid=$(cat /var/run/docker.pid 2>/dev/null || echo self)
+  bounding=$((16#$(awk '/^CapBnd:/ {print $2}' "/proc/$engine_pid/status")))
+  privileged=(--cap-add ALL --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+    --security-opt systempaths=unconfined --device /dev/fuse)
+  missing=()
+  for bit in "${!caps[@]}"; do
+    if ((((bounding >> bit) & 1) == 0)); then
+      privileged+=(--cap-drop "${caps[$bit]}")
+      missing+=("${caps[$bit]}")
+    fi
+  done
+  say "this engine cannot start --privileged containers (its bounding set lacks ${missing[*]:-?});" \
+    "the sidecar runs with every other capability, unconfined, with /dev/fuse"
+fi
+remove_containers probe
+
+# ---------------------------------------------------------------- helpers
+# A case runs in a subshell with `set -e`; $case names it, $dir is its node folder.
+fail() { echo "FAILED: $*" >&2; exit 1; }
+note() { echo "-- $*" >&2; }
+
+# wait_for SECONDS COMMAND...: retry until it succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+# sidecar VOLUMES_JSON [docker run arguments...]: start a sidecar for $dir/data.
+sidecar() {
+  local volumes=$1
+  shift
+  docker run -d --label "$run_id=$case" "${privileged[@]}" \
+    -v "$dir/data:/sidemount/data:rshared" -e SIDEMOUNT_VOLUMES="$volumes" \
+    -e SIDEMOUNT_SHUTDOWN_TIMEOUT=15s -e SIDEMOUNT_LOG="${SIDEMOUNT_E2E_LOG:-info}" "$@" "$SIDECAR_IMAGE"
+}
+# app: an app container that sees $dir/data at /data.
+app() {
+  docker run -d --label "$run_id=$case" -v "$dir/data:/data:rslave" \
+    --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done'
+}
+pid_of() { docker inspect -f '{{.State.Pid}}' "$1"; }
+# http ID PATH: GET from the supervisor's loopback-only listener, in its netns.
+http() { nsenter -t "$(pid_of "$1")" -n curl -fsS --max-time 5 "http://127.0.0.1:9810$2"; }
+ready() { docker exec "$1" sidemount probe; }
+# What the node sees: mounts below the case's folder, one "TARGET FSTYPE" a line.
+node_mounts() { findmnt -rn -o TARGET,FSTYPE | awk -v p="$dir/" 'index($1, p) == 1'; }
+exit_code() { docker inspect -f '{{.State.ExitCode}}' "$1"; }
+running() { [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ]; }
+stopped() { ! running "$1"; }
+in_app() { docker exec "$1" sh -c "$2"; }
+
+# The design's own example, as is: the daemon mounts in the supervisor's private stage
+# (an empty directory), so rclone needs no --allow-non-empty.
+rclone_memory='[{"name":"data","type":"fuse","command":["rclone","mount",":memory:","{mountpoint}"]}]'
+
+repaired() { http "$1" /status | jq -e '.volumes[0] | .state == "ready" and .repairs >= 1' >/dev/null; }
+# kill_and_repair ID APP: kill -9 the FUSE daemon; the app must see the volume again.
+kill_and_repair() {
+  local sc=$1 app=$2 before after
+  before=$(http "$sc" /status | jq -r '.volumes[0].pid')
+  [[ $before =~ ^[0-9]+$ ]] || fail "no daemon pid in /status"
+  docker exec "$sc" sh -c "kill -9 $before"
+  note "killed the daemon (pid $before in the sidecar)"
+  wait_for 30 repaired "$sc" || fail "not repaired in 30s: $(http "$sc" /status)"
+  after=$(http "$sc" /status | jq -r '.volumes[0].pid')
+  [ "$after" != "$before" ] || fail "same daemon pid after the repair"
+  http "$sc" /metrics | grep -E '^sidemount_volume_repairs_total\{[^}]*volume="data"[^}]*\} 1$' >/dev/null \
+    || fail "the repair is not counted in /metrics"
+  ready "$sc" || fail "sidemount probe: not ready after the repair"
+  node_mounts | matches " fuse.rclone$" || fail "the node has no FUSE mount after the repair"
+  wait_for 10 in_app "$app" 'echo after-repair > /data/after && [ "$(cat /data/after)" = after-repair ]' \
+    || fail "the app cannot use /data after the repair: $(in_app "$app" 'ls /data 2>&1; findmnt -T /data' 2>&1)"
+  [ "$(docker exec "$sc" cat /sidemount/data/after)" = after-repair ] || fail "the sidecar does not see the app's write"
+  note "repaired: daemon pid $after, the app reads and writes /data again"
+}
+
+# ---------------------------------------------------------------- cases
+case_image_contents() {
+  local tool
+  for tool in sidemount mount umount blkid findmnt losetup mkfs.ext4 mkfs.xfs mkfs.btrfs zfs zpool mount.zfs \
+    rclone s3fs fusermount3; do
+    docker run --rm --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c "command -v $tool" >/dev/null \
+      || fail "the sidecar image has no $tool"
+  done
+  docker run --rm --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c \
+    'test -s /etc/ssl/certs/ca-certificates.crt && ! command -v mount.objectivefs && ! ls /var/lib/dkms /lib/modules 2>/dev/null | grep -q .' \
+    || fail "expected CA certificates, no ObjectiveFS and no kernel modules or DKMS in the default image"
+  [ "$(docker image inspect -f '{{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$SIDECAR_IMAGE")" = '["/usr/local/bin/sidemount"] ["run"]' ] \
+    || fail "sidecar entrypoint/cmd: $(docker image inspect -f '{{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$SIDECAR_IMAGE")"
+  [ "$(docker image inspect -f '{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$WEBHOOK_IMAGE")" = '65532:65532 ["/usr/local/bin/sidemount"] ["webhook"]' ] \
+    || fail "webhook user/entrypoint/cmd: $(docker image inspect -f '{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$WEBHOOK_IMAGE")"
+  [ "$(docker run --rm --label "$run_id=$case" "$WEBHOOK_IMAGE" --version)" = "$(docker run --rm --label "$run_id=$case" "$SIDECAR_IMAGE" --version)" ] \
+    || fail "the two images carry different binaries"
+  note "sidecar $(docker image inspect -f '{{.Size}}' "$SIDECAR_IMAGE" | awk '{printf "%.1f MB", $1/1e6}'), webhook $(docker image inspect -f '{{.Size}}' "$WEBHOOK_IMAGE" | awk '{printf "%.1f MB", $1/1e6}')"
+}
+
+case_pid1_no_volumes() {
+  local sc started_at
+  sc=$(docker run -d --label "$run_id=$case" "${privileged[@]}" "$SIDECAR_IMAGE")
+  wait_for 10 ready "$sc" || fail "a sidecar with no volumes is not ready: $(docker logs "$sc" 2>&1)"
+  [ "$(docker exec "$sc" cat /proc/1/comm)" = sidemount ] || fail "PID 1 is $(docker exec "$sc" cat /proc/1/comm)"
+  [ "$(docker exec "$sc" cat /proc/1/cmdline | tr '\0' ' ')" = "/usr/local/bin/sidemount run " ] \
+    || fail "PID 1 runs $(docker exec "$sc" cat /proc/1/cmdline | tr '\0' ' ')"
+  http "$sc" /healthz >/dev/null || fail "/healthz does not answer"
+  started_at=$SECONDS
+  docker stop -t 20 "$sc" >/dev/null
+  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
+  [ $((SECONDS - started_at)) -lt 5 ] || fail "docker stop took $((SECONDS - started_at))s with nothing to unmount"
+}
+
+case_app_reads_and_writes() {
+  local sc app
+  sc=$(sidecar "$rclone_memory")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  node_mounts | matches "^$dir/data fuse.rclone$" || fail "the node does not see the FUSE mount: $(node_mounts)"
+  # The app starts once the sidecar is ready, as a native sidecar's startupProbe orders it.
+  app=$(app)
+  in_app "$app" 'findmnt -n -o FSTYPE -T /data' | matches -x fuse.rclone || fail "the app's /data is not the FUSE volume"
+  in_app "$app" 'echo from-the-app > /data/hello && sync'
+  [ "$(docker exec "$sc" cat /sidemount/data/hello)" = from-the-app ] || fail "the sidecar does not read the app's file"
+  [ "$(cat "$dir/data/hello")" = from-the-app ] || fail "the node does not read the app's file"
+  docker exec "$sc" sh -c 'mkdir /sidemount/data/dir && echo from-the-sidecar > /sidemount/data/dir/f'
+  [ "$(in_app "$app" 'cat /data/dir/f')" = from-the-sidecar ] || fail "the app does not read the sidecar's file"
+  in_app "$app" 'dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && sha256sum </data/blob' >"$dir/app.sum"
+  [ "$(docker exec "$sc" sh -c 'sha256sum </sidemount/data/blob')" = "$(cat "$dir/app.sum")" ] \
+    || fail "8 MiB written by the app read back differently in the sidecar"
+}
+
+case_repair_app_started_first() {
+  local sc app
+  # Legacy (classic sidecar) order: the app's bind is made before the volume is mounted.
+  app=$(app)
+  sc=$(sidecar "$rclone_memory")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  in_app "$app" 'echo one > /data/one && [ "$(cat /data/one)" = one ]' || fail "the app cannot write /data"
+  kill_and_repair "$sc" "$app"
+}
+
+case_repair_app_started_after_ready() {
+  local sc app
+  # Native-sidecar order: the app starts after the startupProbe passed, so the
+  # runtime binds the FUSE mount itself into the app.
+  sc=$(sidecar "$rclone_memory")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  app=$(app)
+  in_app "$app" 'echo one > /data/one && [ "$(cat /data/one)" = one ]' || fail "the app cannot write /data"
+  kill_and_repair "$sc" "$app"
+}
+
+case_stop_unmounts_everything() {
+  local sc app took code
+  app=$(app)
+  sc=$(sidecar "$rclone_memory")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  in_app "$app" 'echo kept > /data/f'
+  # A file held open in the sidecar: the unmount must still finish.
+  docker exec -d "$sc" sh -c 'exec 3</sidemount/data/f; sleep 600'
+  sleep 0.5
+  took=$SECONDS
+  docker stop -t 20 "$sc" >/dev/null
+  took=$((SECONDS - took))
+  code=$(exit_code "$sc")
+  [ "$code" = 0 ] || fail "exit code $code after docker stop: $(docker logs "$sc" 2>&1 | tail -5)"
+  [ "$took" -lt 20 ] || fail "docker stop took ${took}s: the sidecar was killed at the timeout"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts); the sidecar's log: $(docker logs "$sc" 2>&1 | grep -v "trying again" | tail -40)"
+  in_app "$app" 'ls -A /data >/dev/null && [ "$(findmnt -n -o FSTYPE -T /data)" = tmpfs ]' \
+    || fail "the app's /data is not the plain pod volume again: $(in_app "$app" 'ls /data 2>&1; findmnt -T /data' 2>&1)"
+  docker logs "$sc" 2>&1 | matches 'every volume is down' || fail "no 'every volume is down' in the log"
+  note "docker stop: exit 0 in ${took}s, nothing left mounted"
+}
+
+case_not_shared_exits_78() {
+  local sc
+  sc=$(docker run -d --label "$run_id=$case" "${privileged[@]}" -v "$dir/data:/sidemount/data" \
+    -e SIDEMOUNT_VOLUMES="$rclone_memory" "$SIDECAR_IMAGE")
+  wait_for 20 stopped "$sc" || fail "still running after 20s"
+  [ "$(exit_code "$sc")" = 78 ] || fail "exit code $(exit_code "$sc"), not 78"
+  docker logs "$sc" 2>&1 | matches 'mountPropagation: Bidirectional' \
+    || fail "the log does not name the fix: $(docker logs "$sc" 2>&1)"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
+  note "$(docker logs "$sc" 2>&1 | tail -n 1)"
+}
+
+case_no_dev_fuse_exits_78() {
+  local sc
+  sc=$(docker run -d --label "$run_id=$case" --cap-add SYS_ADMIN --security-opt seccomp=unconfined \
+    -v "$dir/data:/sidemount/data:rshared" -e SIDEMOUNT_VOLUMES="$rclone_memory" "$SIDECAR_IMAGE")
+  wait_for 20 stopped "$sc" || fail "still running after 20s"
+  [ "$(exit_code "$sc")" = 78 ] || fail "exit code $(exit_code "$sc"), not 78"
+  docker logs "$sc" 2>&1 | matches '/dev/fuse' || fail "the log does not say /dev/fuse: $(docker logs "$sc" 2>&1)"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
+}
+
+case_s3fs_bucket() {
+  local pause sc app port=9000 secrets=$dir/secrets spec
+  # The S3 server (moto, from the host's venv) runs in a network namespace of its
+  # own: a placeholder container's, which the sidecar then joins. Loopback only.
+  # The credentials reach s3fs from a Secret-like folder, as secretDir.
+  mkdir -p "$secrets"
+  printf AKIAE2EEXAMPLE >"$secrets/AWSACCESSKEYID"
+  printf 'e2e-secret-key-0123456789' >"$secrets/AWSSECRETACCESSKEY"
+  pause=$(docker run -d --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done')
+  nsenter -t "$(pid_of "$pause")" -n "$moto" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  echo $! >>"$work/pids"
+  s3() {
+    nsenter -t "$(pid_of "$pause")" -n curl -fsS --max-time 5 --aws-sigv4 aws:amz:us-east-1:s3 \
+      --user "$(cat "$secrets/AWSACCESSKEYID"):$(cat "$secrets/AWSSECRETACCESSKEY")" "$@"
+  }
+  wait_for 30 s3 "http://127.0.0.1:$port/" || fail "moto did not start: $(tail -5 "$dir/moto.log")"
+  s3 -X PUT "http://127.0.0.1:$port/e2e-bucket" >/dev/null
+  spec=$(jq -cn --arg url "http://127.0.0.1:$port" '[{name: "data", type: "fuse",
+    command: ["s3fs", "e2e-bucket", "{mountpoint}", "-f", "-o", ("url=" + $url), "-o", "use_path_request_style",
+              "-o", "allow_other"],
+    secretDir: "/etc/sidemount/secrets/data"}]')
+  sc=$(sidecar "$spec" --network "container:$pause" -v "$secrets:/etc/sidemount/secrets/data:ro")
+  wait_for 60 ready "$sc" || fail "not ready in 60s: $(docker logs "$sc" 2>&1 | tail -5)"
+  app=$(app)
+  in_app "$app" 'echo "bytes from the app" > /data/object.txt'
+  in_bucket() { [ "$(s3 "http://127.0.0.1:$port/e2e-bucket/$1")" = "$2" ]; }
+  wait_for 10 in_bucket object.txt 'bytes from the app' \
+    || fail "the bucket does not hold the app's bytes: $(s3 "http://127.0.0.1:$port/e2e-bucket" 2>&1; docker logs "$sc" 2>&1 | tail -5)"
+  s3 -X PUT -H 'Content-Type: text/plain' --data-binary 'bytes from the bucket' "http://127.0.0.1:$port/e2e-bucket/put.txt" >/dev/null
+  [ "$(in_app "$app" 'cat /data/put.txt')" = 'bytes from the bucket' ] || fail "the app does not read an object put in the bucket"
+  local log argv
+  log=$(docker logs "$sc" 2>&1)
+  [ -n "$log" ] || fail "the sidecar logged nothing"
+  ! grep -q 'e2e-secret-key' <<<"$log" || fail "the secret key is in the log"
+  # Every process's argv, read one by one (a process may exit meanwhile); the
+  # sidecar's own and the daemon's must be among them.
+  argv=$(docker exec "$sc" sh -c 'for f in /proc/[0-9]*/cmdline; do tr "\0" " " <"$f" 2>/dev/null; echo; done')
+  matches 'sidemount' <<<"$argv" && matches 's3fs' <<<"$argv" || fail "could not read the sidecar's argv: $argv"
+  ! grep -q 'e2e-secret-key' <<<"$argv" || fail "the secret key is in a process's argv"
+  docker stop -t 20 "$sc" >/dev/null
+  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
+}
+
+case_block_ext4_on_loop() {
+  local sc app loop spec holders majmin img=$dir/disk.img
+  truncate -s 64M "$img"
+  loop=$(losetup -f --show "$img")
+  echo "$loop" >>"$work/loops"
+  spec=$(jq -cn --arg dev "$loop" '[{name: "data", type: "block", device: $dev, fsType: "ext4", format: true}]')
+  app=$(app)
+  sc=$(sidecar "$spec" --device "$loop")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  node_mounts | matches "^$dir/data ext4$" || fail "the node does not see the ext4 mount: $(node_mounts)"
+  in_app "$app" 'echo "on ext4" > /data/file && sync'
+  docker stop -t 20 "$sc" >/dev/null
+  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
+  [ "$(blkid -p -o value -s TYPE "$loop")" = ext4 ] || fail "the device holds no ext4"
+  # Read the file off the device itself (debugfs), not through a mount.
+  [ "$(debugfs -R 'cat /file' "$loop" 2>/dev/null)" = "on ext4" ] || fail "the file is not on the device"
+  majmin=$(printf '%d:%d' "0x$(stat -L -c %t "$loop")" "0x$(stat -L -c %T "$loop")")
+  holders=$(grep -l "^[^ ]* [^ ]* $majmin " /proc/[0-9]*/mountinfo 2>/dev/null | head -n 5 || true)
+  [ -z "$holders" ] || note "the filesystem is still mounted in other namespaces: $holders"
+}
+
+case_webhook_serves_tls() {
+  local wh tls=$dir/tls review answer patch
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=sidemount-webhook" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$tls/tls.key" -out "$tls/tls.crt" 2>/dev/null
+  chmod 0644 "$tls/tls.key"
+  wh=$(docker run -d --label "$run_id=$case" -v "$tls:/etc/sidemount/tls:ro" -e SIDEMOUNT_IMAGE="$SIDECAR_IMAGE" "$WEBHOOK_IMAGE")
+  wh_curl() { nsenter -t "$(pid_of "$wh")" -n curl -fsS --max-time 5 --cacert "$tls/tls.crt" "$@"; }
+  wait_for 20 wh_curl https://localhost:8443/healthz || fail "no /healthz over TLS: $(docker logs "$wh" 2>&1 | tail -5)"
+  [ "$(awk '/^Uid:/ {print $2}' "/proc/$(pid_of "$wh")/status")" = 65532 ] || fail "the webhook does not run as 65532"
+  review=$(jq -cn '{apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview",
+    request: {uid: "e2e-1", kind: {group: "", version: "v1", kind: "Pod"}, resource: {group: "", version: "v1", resource: "pods"},
+      operation: "CREATE", namespace: "default", userInfo: {username: "e2e"},
+      object: {apiVersion: "v1", kind: "Pod",
+        metadata: {name: "p", namespace: "default", labels: {"sidemount.io/inject": "true"},
+          annotations: {"sidemount.io/volumes": "- name: data\n  type: fuse\n  command: [rclone, mount, \":memory:\", \"{mountpoint}\"]\n"}},
+        spec: {containers: [{name: "app", image: "app", volumeMounts: [{name: "data", mountPath: "/data"}]}],
+          volumes: [{name: "data", emptyDir: {}}]}}}}')
+  answer=$(wh_curl -H 'Content-Type: application/json' --data "$review" https://localhost:8443/mutate)
+  [ "$(jq -r '.response.uid + " " + (.response.allowed | tostring)' <<<"$answer")" = "e2e-1 true" ] || fail "answer: $answer"
+  patch=$(jq -r '.response.patch' <<<"$answer" | base64 -d)
+  grep -q "$SIDECAR_IMAGE" <<<"$patch" || fail "the patch does not inject $SIDECAR_IMAGE: $patch"
+  docker stop -t 10 "$wh" >/dev/null
+  [ "$(exit_code "$wh")" = 0 ] || fail "the webhook exited $(exit_code "$wh") on SIGTERM"
+}
+
+case_objectivefs_deb_installed() {
+  local pkg=$dir/pkg drop=$dir/drop tag=$run_id-ofs:dev
+  # A stand-in package named objectivefs (ObjectiveFS itself is licensed and is
+  # not downloaded here): checks that a .deb in images/objectivefs/ is installed
+  # with its dependencies (attr, not in the image otherwise).
+  mkdir -p "$pkg/DEBIAN" "$pkg/sbin" "$drop"
+  cat >"$pkg/DEBIAN/control" <<'EOF'
+Package: objectivefs
+Version: 0.0-e2e-standin
+Architecture: all
+Maintainer: sidemount e2e <e2e@invalid>
+Depends: attr
+Description: stand-in for the ObjectiveFS package (sidemount's container e2e)
+EOF
+  printf '#!/bin/sh\necho "mount.objectivefs stand-in"\n' >"$pkg/sbin/mount.objectivefs"
+  chmod 0755 "$pkg/sbin/mount.objectivefs"
+  dpkg-deb --root-owner-group --build "$pkg" "$drop/objectivefs_0.0_all.deb" >/dev/null
+  OBJECTIVEFS_DIR=$drop SIDECAR_IMAGE=$tag "$repo/images/build-local.sh" --sidecar-only >"$dir/build.log" 2>&1 \
+    || { tail -20 "$dir/build.log" >&2; fail "building with the package failed"; }
+  [ "$(docker run --rm --label "$run_id=$case" --entrypoint mount.objectivefs "$tag")" = "mount.objectivefs stand-in" ] \
+    || fail "mount.objectivefs is not installed"
+  docker run --rm --label "$run_id=$case" --entrypoint sh "$tag" -c 'command -v getfattr && ! ls /tmp/objectivefs 2>/dev/null' >/dev/null \
+    || fail "the package's dependency is missing, or the drop-in folder was left in the image"
+  docker image rm -f "$tag" >/dev/null
+}
+
+all_cases=(image_contents pid1_no_volumes app_reads_and_writes repair_app_started_first
+  repair_app_started_after_ready stop_unmounts_everything not_shared_exits_78 no_dev_fuse_exits_78
+  s3fs_bucket block_ext4_on_loop webhook_serves_tls objectivefs_deb_installed)
+
+# ---------------------------------------------------------------- runner
+selected=("$@")
+[ ${#selected[@]} -gt 0 ] || selected=("${all_cases[@]}")
+passed=0 failed=0 skipped=0 failures=()
+for case in "${selected[@]}"; do
+  declare -F "case_$case" >/dev/null || { say "no case $case (cases: ${all_cases[*]})"; exit 64; }
+  if [[ " ${SIDEMOUNT_E2E_SKIP:-} " == *" $case "* ]]; then
+    say "skip $case (SIDEMOUNT_E2E_SKIP)"
+    skipped=$((skipped + 1))
+    continue
+  fi
+  dir=$node/$case
+  mkdir -p "$dir/data"
+  case_started=$SECONDS
+  set +e
+  (set -e; "case_$case") >"$logs/$case.log" 2>&1
+  rc=$?
+  set -e
+  # Stopped as the kubelet would (SIGTERM, then the grace period): whatever a case
+  # leaves running must come down cleanly too, and leave the node clean.
+  stop_case_containers "$case"
+  remove_containers "$case"
+  stop_started
+  leftover=$(node_mounts)
+  if [ -n "$leftover" ]; then
+    echo "FAILED: mounts left on the node after the case: $leftover" >>"$logs/$case.log"
+    unmount_under "$dir"
+    rc=1
+  fi
+  if [ "$rc" = 0 ]; then
+    passed=$((passed + 1))
+    say "ok   $case ($((SECONDS - case_started))s)"
+    sed 's/^/       /' "$logs/$case.log" | grep '^       -- ' >&2 || true
+  else
+    failed=$((failed + 1))
+    failures+=("$case")
+    say "FAIL $case ($((SECONDS - case_started))s)"
+    sed 's/^/       /' "$logs/$case.log" | tail -n 25 >&2
+  fi
+done
+
+say "took $((SECONDS - started))s${failures[*]:+; failed: ${failures[*]}}"
+line="container e2e: $passed passed, $failed failed"
+[ "$skipped" = 0 ] || line="$line, $skipped skipped"
+echo "$line"
+[ "$failed" = 0 ]

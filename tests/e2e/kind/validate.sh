@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# What can be checked of the kind suite without a cluster, run by CI here:
+#
+#   - shellcheck on the suite's scripts, the container e2e and the image build script;
+#   - every manifest the suite applies (manifests/*.yaml), with kubernetes-validate
+#     --strict against both Kubernetes versions of the workflow's matrix;
+#   - the same pods and Job after `sidemount inject` (what the webhook makes of them),
+#     and the invalid pod refused by it, naming the field the suite expects;
+#   - the kustomizations it applies, rendered with `kubectl kustomize` (the
+#     component's exec plugin, `sidemount inject`, enabled): kustomize/webhook and
+#     manifests/component, each object validated
+#     (custom resources, which have no schema there, pass with a warning);
+#   - kind-config.yaml's shape, and the workflow against GitHub's workflow schema.
+#
+# Usage: tests/e2e/kind/validate.sh      Ends with `kind manifests: N passed, M failed`.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+cd "$repo"
+venv=$repo/.venv
+versions=(1.30.0 1.33.0) # the workflow's matrix
+
+say() { echo "kind manifests: $*" >&2; }
+
+# ---------------------------------------------------------------- tools
+if ! command -v shellcheck >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { say "needs shellcheck (apt-get install shellcheck)"; exit 1; }
+  say "installing shellcheck"
+  { apt-get install -y -qq --no-install-recommends shellcheck || { apt-get update -qq && apt-get install -y -qq --no-install-recommends shellcheck; }; } >/dev/null
+fi
+command -v kubectl >/dev/null 2>&1 || { say "needs kubectl (its kustomize renders the kustomizations)"; exit 1; }
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+for tool in kubernetes-validate check-jsonschema; do
+  if [ ! -x "$venv/bin/$tool" ]; then
+    say "installing $tool into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$tool"
+  fi
+done
+cargo build -q --locked -p sidemount
+sidemount=$(cargo metadata -q --format-version 1 --no-deps | jq -r .target_directory)/debug/sidemount
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+passed=0 failed=0 failures=()
+check() { # NAME COMMAND...: one counted check; its output is shown when it fails
+  local name=$1
+  shift
+  if "$@" >"$work/out" 2>&1; then
+    passed=$((passed + 1))
+    echo "ok   $name" >&2
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "FAIL $name" >&2
+    sed 's/^/       /' "$work/out" | tail -n 30 >&2
+  fi
+}
+
+# kubernetes-validate --strict for each version; CRD kinds (no schema) are listed.
+validate() {
+  local file=$1 version out status=0
+  for version in "${versions[@]}"; do
+    out=$("$venv/bin/kubernetes-validate" --strict -k "$version" "$file" 2>&1) || status=1
+    grep -v '^INFO ' <<<"$out" || true
+  done
+  return "$status"
+}
+render_and_validate() { # DIR: with the component's plugin (sidemount inject) enabled
+  PATH=$(dirname "$sidemount"):$PATH KUSTOMIZE_PLUGIN_HOME=$repo/kustomize/plugin \
+    kubectl kustomize --enable-alpha-plugins "$1" >"$work/rendered.yaml" || return 1
+  [ -s "$work/rendered.yaml" ] || { echo "renders to nothing"; return 1; }
+  validate "$work/rendered.yaml"
+}
+
+# ---------------------------------------------------------------- the checks
+scripts=(tests/e2e/kind/run.sh tests/e2e/kind/validate.sh tests/container/run.sh images/build-local.sh)
+for script in "${scripts[@]}"; do
+  check "shellcheck $script" shellcheck "$script"
+done
+
+for file in tests/e2e/kind/manifests/*.yaml; do
+  check "kubernetes-validate --strict $file" validate "$file"
+done
+
+for file in tests/e2e/kind/manifests/pod-s3fs.yaml tests/e2e/kind/manifests/pod-legacy.yaml tests/e2e/kind/manifests/job.yaml; do
+  injected_ok() {
+    "$sidemount" inject --image sidemount:e2e -f "$1" >"$work/injected.yaml" || return 1
+    grep -q 'mountPropagation: Bidirectional' "$work/injected.yaml" || { echo "no sidecar injected"; return 1; }
+    validate "$work/injected.yaml"
+  }
+  check "sidemount inject $file, validated" injected_ok "$file"
+done
+refused_ok() {
+  local out
+  if out=$("$sidemount" inject -f tests/e2e/kind/manifests/pod-invalid.yaml 2>&1); then
+    echo "sidemount inject accepted pod-invalid.yaml"
+    return 1
+  fi
+  # The kind suite looks for this in kubectl's refusal.
+  grep -q 'sidemount.io/volumes:.*volumes\[0\].filesystem' <<<"$out" || { echo "$out"; return 1; }
+}
+check "sidemount inject refuses pod-invalid.yaml, naming the field" refused_ok
+
+check "kubectl kustomize kustomize/webhook, validated" render_and_validate kustomize/webhook
+component_ok() {
+  render_and_validate tests/e2e/kind/manifests/component || return 1
+  grep -q 'mountPropagation: Bidirectional' "$work/rendered.yaml" || { echo "the component added no sidecar"; return 1; }
+}
+check "kubectl kustomize tests/e2e/kind/manifests/component (the sidecar component), validated" component_ok
+
+kind_config_ok() {
+  "$venv/bin/python" - tests/e2e/kind/kind-config.yaml <<'EOF'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+assert doc["kind"] == "Cluster" and doc["apiVersion"] == "kind.x-k8s.io/v1alpha4", doc
+roles = [n["role"] for n in doc["nodes"]]
+assert roles.count("control-plane") == 1 and set(roles) <= {"control-plane", "worker"}, roles
+for node in doc["nodes"]:
+    assert set(node) <= {"role", "image", "extraMounts", "extraPortMappings", "labels", "kubeadmConfigPatches"}, node
+    for m in node.get("extraMounts", []):
+        assert set(m) <= {"hostPath", "containerPath", "readOnly", "selinuxRelabel", "propagation"}, m
+EOF
+}
+check "tests/e2e/kind/kind-config.yaml" kind_config_ok
+check "check-jsonschema .github/workflows/e2e-kind.yml" \
+  "$venv/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/e2e-kind.yml
+
+[ ${#failures[@]} = 0 ] || say "failed: ${failures[*]}"
+echo "kind manifests: $passed passed, $failed failed"
+[ "$failed" = 0 ]
