@@ -136,5 +136,5 @@ left=$(in_ns "$node" findmnt -R -n -o TARGET,FSTYPE "$tmp/node" | grep -c fuse |
 echo "fuse mounts left on the node: $left"
 say "the supervisor's log"
 cat "$tmp/supervisor.log"
-[ "$code" = 0 ] && [ "$left" = 0 ] || die "shutdown was not clean"
+if [ "$code" != 0 ] || [ "$left" != 0 ]; then die "shutdown was not clean"; fi
 say "done: nothing is left mounted"

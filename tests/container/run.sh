@@ -375,7 +375,9 @@ case_s3fs_bucket() {
   # Every process's argv, read one by one (a process may exit meanwhile); the
   # sidecar's own and the daemon's must be among them.
   argv=$(docker exec "$sc" sh -c 'for f in /proc/[0-9]*/cmdline; do tr "\0" " " <"$f" 2>/dev/null; echo; done')
-  matches 'sidemount' <<<"$argv" && matches 's3fs' <<<"$argv" || fail "could not read the sidecar's argv: $argv"
+  if ! matches 'sidemount' <<<"$argv" || ! matches 's3fs' <<<"$argv"; then
+    fail "could not read the sidecar's argv: $argv"
+  fi
   ! grep -q 'e2e-secret-key' <<<"$argv" || fail "the secret key is in a process's argv"
   docker stop -t 20 "$sc" >/dev/null
   [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
