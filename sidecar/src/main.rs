@@ -22,7 +22,11 @@ const EXIT_NO_INPUT: u8 = 66;
 const EXIT_IO: u8 = 74;
 
 #[derive(Parser)]
-#[command(name = "sidemount", version, about = "Mounts network and local filesystems for the other containers of a Kubernetes pod")]
+#[command(
+    name = "sidemount",
+    version,
+    about = "Mounts network and local filesystems for the other containers of a Kubernetes pod"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

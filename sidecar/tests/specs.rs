@@ -19,20 +19,15 @@ struct Fixture {
 }
 
 fn fixtures(kind: &str) -> Vec<Fixture> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/specs")
-        .join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/specs").join(kind);
     let mut out: Vec<Fixture> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .map(|path| {
             let text = fs::read_to_string(&path).unwrap();
-            let expect = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("# expect:"))
-                .map(|f| f.trim().to_string())
-                .collect();
+            let expect =
+                text.lines().filter_map(|l| l.strip_prefix("# expect:")).map(|f| f.trim().to_string()).collect();
             Fixture { path, expect }
         })
         .collect();
@@ -50,21 +45,13 @@ fn check(path: &Path) -> (i32, String) {
     let mut c = Command::new(support::sidemount_bin());
     c.arg("check").arg(path);
     let out = run_with_timeout(&mut c, None, Duration::from_secs(30)).expect("sidemount check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
 /// What is wrong with one refusal, if anything.
 fn judge(what: &str, fx: &Fixture, code: i32, output: &str) -> Option<String> {
-    let missing: Vec<&String> = fx
-        .expect
-        .iter()
-        .filter(|f| !output.lines().any(|l| l.contains(f.as_str())))
-        .collect();
+    let missing: Vec<&String> = fx.expect.iter().filter(|f| !output.lines().any(|l| l.contains(f.as_str()))).collect();
     if code == 64 && missing.is_empty() {
         return None;
     }
@@ -81,10 +68,7 @@ fn check_accepts_valid_specs() {
     for fx in fixtures("valid") {
         let (code, out) = check(&fx.path);
         if code != 0 {
-            failures.push(format!(
-                "check {}: exit {code} (want 0): {out}",
-                name(&fx.path)
-            ));
+            failures.push(format!("check {}: exit {code} (want 0): {out}", name(&fx.path)));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -94,11 +78,7 @@ fn check_accepts_valid_specs() {
 fn check_refuses_invalid_specs_naming_the_field() {
     let mut failures = Vec::new();
     for fx in fixtures("invalid") {
-        assert!(
-            !fx.expect.is_empty(),
-            "{} has no `# expect:` line",
-            name(&fx.path)
-        );
+        assert!(!fx.expect.is_empty(), "{} has no `# expect:` line", name(&fx.path));
         let (code, out) = check(&fx.path);
         failures.extend(judge("check", &fx, code, &out));
     }
@@ -121,10 +101,7 @@ fn run_refuses_invalid_specs_with_64_naming_the_field() {
         // Refusing a spec is instant; 10 s only bounds a binary that hangs instead.
         match sup.wait_exit(Duration::from_secs(10)) {
             Some(st) => failures.extend(judge("run", &fx, st.code().unwrap_or(-1), &sup.output())),
-            None => failures.push(format!(
-                "run {}: still running after 10 s (want exit 64)",
-                name(&fx.path)
-            )),
+            None => failures.push(format!("run {}: still running after 10 s (want exit 64)", name(&fx.path))),
         }
     }
     assert!(
@@ -155,27 +132,12 @@ fn run_refuses_invalid_inline_spec_and_duplicates_across_sources() {
         .start();
     let code = sup.expect_exit(Duration::from_secs(20));
     assert_eq!(code, 64, "invalid SIDEMOUNT_VOLUMES\n{}", sup.log_tail(20));
-    assert!(
-        sup.output().contains("command"),
-        "refusal does not name `command`:\n{}",
-        sup.output()
-    );
+    assert!(sup.output().contains("command"), "refusal does not name `command`:\n{}", sup.output());
 
     // The same name in the file and inline.
     pod.write_spec(&spec(&[bindfs("data", &src)]));
-    let mut sup = pod
-        .supervisor()
-        .inline(&spec(&[bindfs("data", &src)]))
-        .start();
+    let mut sup = pod.supervisor().inline(&spec(&[bindfs("data", &src)])).start();
     let code = sup.expect_exit(Duration::from_secs(20));
-    assert_eq!(
-        code,
-        64,
-        "duplicate name across SIDEMOUNT_CONFIG and SIDEMOUNT_VOLUMES\n{}",
-        sup.log_tail(20)
-    );
-    assert!(
-        pod.all_node_fuse_mounts().is_empty(),
-        "mounted despite the config error"
-    );
+    assert_eq!(code, 64, "duplicate name across SIDEMOUNT_CONFIG and SIDEMOUNT_VOLUMES\n{}", sup.log_tail(20));
+    assert!(pod.all_node_fuse_mounts().is_empty(), "mounted despite the config error");
 }
