@@ -130,7 +130,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
     ) {
         (Some(pod), true, "CREATE") => match inject::inject(pod, config) {
             Ok(Outcome::Injected { pod: injected, warnings }) => {
-                let operations = patch::diff(pod, &injected);
+                let operations = patch::diff(pod, injected);
                 let json = serde_json::to_vec(&operations).expect("a patch serializes");
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));

@@ -17,24 +17,25 @@ pub enum Operation {
 /// The operations that turn `from` into `to`. Objects are compared key by key;
 /// a list that changed length is replaced whole: injection inserts containers
 /// in the middle of lists, where index-wise adds would only be harder to read.
-pub fn diff(from: &Value, to: &Value) -> Vec<Operation> {
+/// `to` is consumed: what the patch carries is moved out of it, not copied.
+pub fn diff(from: &Value, to: Value) -> Vec<Operation> {
     let mut ops = Vec::new();
     walk(from, to, &mut String::new(), &mut ops);
     ops
 }
 
-fn walk(from: &Value, to: &Value, path: &mut String, ops: &mut Vec<Operation>) {
+fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
     match (from, to) {
         (Value::Object(a), Value::Object(b)) => {
             for key in a.keys().filter(|k| !b.contains_key(*k)) {
                 ops.push(Operation::Remove { path: child(path, key) });
             }
             for (key, value) in b {
-                match a.get(key) {
-                    None => ops.push(Operation::Add { path: child(path, key), value: value.clone() }),
+                match a.get(&key) {
+                    None => ops.push(Operation::Add { path: child(path, &key), value }),
                     Some(old) => {
                         let len = path.len();
-                        push_token(path, key);
+                        push_token(path, &key);
                         walk(old, value, path, ops);
                         path.truncate(len);
                     }
@@ -49,8 +50,8 @@ fn walk(from: &Value, to: &Value, path: &mut String, ops: &mut Vec<Operation>) {
                 path.truncate(len);
             }
         }
-        _ if from == to => {}
-        _ => ops.push(Operation::Replace { path: path.clone(), value: to.clone() }),
+        (from, to) if *from == to => {}
+        (_, to) => ops.push(Operation::Replace { path: path.clone(), value: to }),
     }
 }
 
@@ -82,7 +83,7 @@ mod tests {
     fn diffs_objects_key_by_key_and_escapes_tokens() {
         let from = json!({ "metadata": { "annotations": { "a/b": "1", "gone": "x" } }, "spec": { "n": 1 } });
         let to = json!({ "metadata": { "annotations": { "a/b": "1", "c~d/e": "2" } }, "spec": { "n": 2 } });
-        let ops = serde_json::to_value(diff(&from, &to)).unwrap();
+        let ops = serde_json::to_value(diff(&from, to)).unwrap();
         assert_eq!(
             ops,
             json!([
@@ -98,13 +99,13 @@ mod tests {
         let from = json!({ "l": [1, { "x": 1 }], "m": [1, 2] });
         let to = json!({ "l": [1, { "x": 2 }], "m": [0, 1, 2] });
         assert_eq!(
-            diff(&from, &to),
+            diff(&from, to),
             [
                 Operation::Replace { path: "/l/1/x".into(), value: json!(2) },
                 Operation::Replace { path: "/m".into(), value: json!([0, 1, 2]) },
             ]
         );
-        assert!(diff(&from, &from).is_empty());
-        assert_eq!(diff(&json!(1), &json!("x")), [Operation::Replace { path: String::new(), value: json!("x") }]);
+        assert!(diff(&from, from.clone()).is_empty());
+        assert_eq!(diff(&json!(1), json!("x")), [Operation::Replace { path: String::new(), value: json!("x") }]);
     }
 }
