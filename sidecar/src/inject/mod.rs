@@ -12,8 +12,9 @@ pub mod krm;
 pub mod manifest;
 pub mod resources;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -292,7 +293,7 @@ impl<'a> Annotations<'a> {
 /// what injection adds: a served pod volume must be an emptyDir, and
 /// `secretName` stands in for `secretDir`.
 fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Problem>) -> Vec<(usize, RawVolume)> {
-    let raws = match spec::parse_raw(VOLUMES_ANNOTATION, text) {
+    let raws = match parse_annotation(text) {
         Ok(raws) => raws,
         Err(problem) => {
             problems.push(problem);
@@ -342,6 +343,32 @@ fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Prob
         accepted.push((i, raw));
     }
     accepted
+}
+
+/// The annotation texts parsed so far, and what they parsed to. Every pod of a
+/// workload carries its template's annotation, so the webhook meets each text
+/// again for each replica, and parsing the YAML is about a fifth of a review.
+/// Bounded in entries and in the size of a text kept (at most 1 MiB in all);
+/// cleared when full.
+static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
+type Parsed = Result<Vec<RawVolume>, Problem>;
+const PARSED_ENTRIES: usize = 256;
+const PARSED_TEXT_BYTES: usize = 4096;
+
+fn parse_annotation(text: &str) -> Parsed {
+    let cache = || PARSED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(parsed) = cache().get(text) {
+        return parsed.clone();
+    }
+    let parsed = spec::parse_raw(VOLUMES_ANNOTATION, text);
+    if text.len() <= PARSED_TEXT_BYTES {
+        let mut cache = cache();
+        if cache.len() >= PARSED_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), parsed.clone());
+    }
+    parsed
 }
 
 /// Volume names are unique across the annotation and the converted FlexVolumes.
@@ -755,5 +782,25 @@ mod tests {
         assert!(crate::spec::check_dns_label(&name).is_ok(), "{name}");
         assert_ne!(secret_volume_name(&format!("{}b", "a".repeat(62))), name);
         assert_eq!(secret_volume_name(&long), name);
+    }
+
+    #[test]
+    fn parsed_annotations_are_kept_within_bounds() {
+        let text = "- {name: cached, type: fuse, command: [bindfs, /src, \"{mountpoint}\"]}";
+        let first = parse_annotation(text).unwrap();
+        assert_eq!(parse_annotation(text).unwrap(), first);
+        assert_eq!(first, spec::parse_raw(VOLUMES_ANNOTATION, text).unwrap());
+        // An invalid text gives its error again, from the cache too.
+        let bad = "volumes: [oops";
+        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
+        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
+
+        for i in 0..PARSED_ENTRIES + 10 {
+            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).unwrap();
+        }
+        assert!(PARSED.lock().unwrap().len() <= PARSED_ENTRIES);
+        let long = format!("- {{name: long, type: fuse, command: [x, {:?}]}}", "a".repeat(PARSED_TEXT_BYTES));
+        parse_annotation(&long).unwrap();
+        assert!(!PARSED.lock().unwrap().contains_key(&long), "a text over {PARSED_TEXT_BYTES} bytes is not kept");
     }
 }
