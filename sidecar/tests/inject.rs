@@ -3,12 +3,14 @@
 //! other document comes out byte for byte; the output passes
 //! `kubernetes-validate --strict`; running it on its own output changes nothing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use inject_support::run_inject;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+mod inject_support;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject").join(name)
@@ -16,20 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Runs `sidemount inject ARGS` with `stdin`, with only the given `SIDEMOUNT_*` settings.
 fn inject(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidemount"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sidemount inject");
-    // A refused command line exits before reading: a broken pipe is its answer, not an error here.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
+    run_inject(&std::env::var_os("PATH").unwrap_or_default(), env, args, stdin)
 }
 
 fn ok(output: &Output) -> String {

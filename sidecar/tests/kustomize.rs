@@ -21,8 +21,11 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use inject_support::run_inject;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+mod inject_support;
 
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 const SIDECAR_IMAGE: &str = concat!("ghcr.io/sidemount/sidemount:", env!("CARGO_PKG_VERSION"));
@@ -108,19 +111,7 @@ fn render(dir: &Path, how: Render) -> String {
 
 /// `sidemount inject ARGS` with no `SIDEMOUNT_*` settings.
 fn sidemount_inject(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidemount"))
-        .env_clear()
-        .env("PATH", search_path(false))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sidemount inject");
-    // A refusal may come before stdin is read: a broken pipe then is no failure.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    run_inject(search_path(false).as_ref(), &[], args, stdin.as_bytes())
 }
 
 fn ok(out: Output, what: &str) -> String {
