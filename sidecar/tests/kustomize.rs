@@ -90,7 +90,14 @@ const WITH_PLUGINS: Render = Render { plugins: true, sidemount: true };
 fn kubectl_kustomize(dir: &Path, how: Render) -> Output {
     let home = tempfile::tempdir().unwrap();
     let mut command = Command::new(tool("kubectl"));
-    command.env_clear().env("HOME", home.path()).env("PATH", search_path(how.sidemount)).arg("kustomize");
+    // kustomize hands an exec plugin its config in a temporary file and leaves it
+    // behind when the plugin fails: TMPDIR keeps those inside the directory removed here.
+    command
+        .env_clear()
+        .env("HOME", home.path())
+        .env("TMPDIR", home.path())
+        .env("PATH", search_path(how.sidemount))
+        .arg("kustomize");
     if how.plugins {
         command.arg("--enable-alpha-plugins").env("KUSTOMIZE_PLUGIN_HOME", kustomize_dir().join("plugin"));
     }

@@ -266,7 +266,7 @@ case_kustomize_component() {
     docker run --rm --entrypoint cat "$SIDECAR" /usr/local/bin/sidemount >"$work/bin/sidemount"
     chmod +x "$work/bin/sidemount"
   fi
-  PATH=$work/bin:$PATH KUSTOMIZE_PLUGIN_HOME=$repo/kustomize/plugin \
+  PATH=$work/bin:$PATH KUSTOMIZE_PLUGIN_HOME=$repo/kustomize/plugin TMPDIR=$work \
     kubectl kustomize --enable-alpha-plugins "$manifests/component" >"$work/component.yaml"
   grep -q 'mountPropagation: Bidirectional' "$work/component.yaml" || fail "the component did not add the sidecar"
   k apply -f "$work/component.yaml" >&2

@@ -67,7 +67,8 @@ validate() {
   return "$status"
 }
 render_and_validate() { # DIR: with the component's plugin (sidemount inject) enabled
-  PATH=$(dirname "$sidemount"):$PATH KUSTOMIZE_PLUGIN_HOME=$repo/kustomize/plugin \
+  # TMPDIR: kustomize leaves a failed exec plugin's config file there.
+  PATH=$(dirname "$sidemount"):$PATH KUSTOMIZE_PLUGIN_HOME=$repo/kustomize/plugin TMPDIR=$work \
     kubectl kustomize --enable-alpha-plugins "$1" >"$work/rendered.yaml" || return 1
   [ -s "$work/rendered.yaml" ] || { echo "renders to nothing"; return 1; }
   validate "$work/rendered.yaml"
