@@ -348,8 +348,8 @@ fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Prob
 /// The annotation texts parsed so far, and what they parsed to. Every pod of a
 /// workload carries its template's annotation, so the webhook meets each text
 /// again for each replica, and parsing the YAML is about a fifth of a review.
-/// Bounded in entries and in the size of a text kept (at most 1 MiB in all);
-/// cleared when full.
+/// Bounded: at most 256 texts of up to 4 KiB each (1 MiB of text, and their
+/// parsed volumes beside it); cleared when full.
 static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
 type Parsed = Result<Vec<RawVolume>, Problem>;
 const PARSED_ENTRIES: usize = 256;
