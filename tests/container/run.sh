@@ -34,14 +34,9 @@ run_id=sidemount-e2e-$$
 started=$SECONDS
 
 say() { echo "container e2e: $*" >&2; }
-# `producer | grep -q` fails under pipefail when grep exits at the first match and the
-# producer dies of SIGPIPE (and `! producer | grep -q` then passes wrongly): read all
-# of stdin first, then match.
-matches() {
-  local text
-  text=$(cat)
-  grep -q "$@" <<<"$text"
-}
+# shellcheck source=tests/lib.sh
+. "$repo/tests/lib.sh"
+wait_every=0.2
 [ "$(id -u)" = 0 ] || { say "run as root (sudo $0): it makes mounts and loop devices"; exit 1; }
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed)"; exit 1; }
 
@@ -159,18 +154,7 @@ remove_containers probe
 
 # ---------------------------------------------------------------- helpers
 # A case runs in a subshell with `set -e`; $case names it, $dir is its node folder.
-fail() { echo "FAILED: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
-
-# wait_for SECONDS COMMAND...: retry until it succeeds.
-wait_for() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
+# fail, note, wait_for and matches come from tests/lib.sh.
 
 # sidecar VOLUMES_JSON [docker run arguments...]: start a sidecar for $dir/data.
 sidecar() {

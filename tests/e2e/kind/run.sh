@@ -33,6 +33,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
+# shellcheck source=tests/lib.sh
+. "$repo/tests/lib.sh"
 manifests=$here/manifests
 CLUSTER_NAME=${CLUSTER_NAME:-sidemount-e2e}
 MINIO_IMAGE=${MINIO_IMAGE:-minio/minio:RELEASE.2025-04-22T22-12-26Z}
@@ -142,16 +144,7 @@ s3() {
 s3 mkdir :s3:e2e-bucket
 
 # ---------------------------------------------------------------- helpers
-fail() { echo "FAILED: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
-wait_for() { # SECONDS COMMAND...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 1
-  done
-}
+# fail, note and wait_for (every second) come from tests/lib.sh.
 in_pod() { k -n "$NS" exec "$1" -c "$2" -- sh -c "$3"; }
 bucket_has() { [ "$(s3 cat ":s3:e2e-bucket/$1" 2>/dev/null)" = "$2" ]; }
 repaired() { status "$1" | jq -e '.volumes[0] | .state == "ready" and .repairs >= 1' >/dev/null; }
