@@ -25,7 +25,7 @@ use crate::mounts::MountTable;
 use crate::settings::Settings;
 use crate::spec::{self, Source, Volume};
 use crate::sys::{self, Sys};
-use crate::volume::{block, objectivefs, zfs, Context, Deadlines, Handle};
+use crate::volume::{self, block, objectivefs, zfs, Context, Deadlines, Handle};
 
 /// Why `sidemount run` could not start; each names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,8 @@ pub struct Environment<'a> {
     /// For a mountpoint, or a block volume's device.
     pub path_exists: &'a dyn Fn(&Path) -> bool,
     pub find_program: &'a dyn Fn(&str) -> bool,
-    /// Whether an objectivefs volume's credentials are all there.
+    /// Whether a volume's secretDir can be read and holds only what a Secret may
+    /// set, and an objectivefs volume's credentials are all there.
     pub credentials: &'a dyn Fn(&Volume) -> Result<(), String>,
 }
 
@@ -137,7 +138,7 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
                 return Err(RunError::MissingProgram { volume: volume.name.clone(), program, from_command });
             }
         }
-        if let Source::ObjectiveFs { .. } = volume.source {
+        if volume.secret_dir.is_some() || matches!(volume.source, Source::ObjectiveFs { .. }) {
             (env.credentials)(volume)
                 .map_err(|message| RunError::Credentials { volume: volume.name.clone(), message })?;
         }
@@ -151,11 +152,23 @@ pub fn load_specs(settings: &Settings) -> Result<Vec<Volume>, spec::Invalid> {
     spec::load(&sources)
 }
 
-fn check_environment(volumes: &[Volume], root: &Path, sys: &dyn Sys) -> Result<(), RunError> {
+async fn check_environment(
+    volumes: &[Volume],
+    root: &Path,
+    sys: &dyn Sys,
+    check_timeout: Duration,
+) -> Result<(), RunError> {
     let table = MountTable::read_self().map_err(RunError::MountTable)?;
     let exists = |p: &Path| p.exists();
     let find = |program: &str| which::which(program).is_ok();
-    let credentials = |volume: &Volume| objectivefs::credentials(volume).map(|_| ());
+    // Read first, each under the check timeout: a secretDir on a hung filesystem
+    // is refused, it does not hang the supervisor.
+    let mut secrets = BTreeMap::new();
+    for volume in volumes.iter().filter(|v| v.secret_dir.is_some() || matches!(v.source, Source::ObjectiveFs { .. })) {
+        let read = volume::secrets_of(volume, check_timeout, &Default::default()).await;
+        secrets.insert(volume.name.clone(), read.map(|_| ()));
+    }
+    let credentials = |volume: &Volume| secrets.get(&volume.name).cloned().unwrap_or(Ok(()));
     let env = Environment {
         table: &table,
         has_cap_sys_admin: sys.has_cap_sys_admin(),
@@ -175,7 +188,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         settings.root = std::fs::canonicalize(&settings.root)
             .map_err(|source| RunError::Root { root: settings.root.clone(), source })?;
     }
-    check_environment(&volumes, &settings.root, sys.as_ref())?;
+    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout).await?;
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
     }
@@ -315,9 +328,14 @@ impl Supervisor {
             if self.volumes.contains_key(&name) {
                 continue;
             }
-            if let Err(err) =
-                check_environment(std::slice::from_ref(&volume), &self.settings.root, self.ctx.sys.as_ref())
-            {
+            let root = &self.settings.root;
+            let checked = check_environment(
+                std::slice::from_ref(&volume),
+                root,
+                self.ctx.sys.as_ref(),
+                self.settings.check_timeout,
+            );
+            if let Err(err) = checked.await {
                 error!(volume = %name, "{err}");
                 refused.push(err.to_string());
                 continue;
@@ -548,6 +566,15 @@ mod tests {
         let nothing = |_: &Path| false;
         let e = env(&t, &nothing, &found);
         assert!(matches!(preflight(&[fuse("gone")], Path::new("/sidemount"), &e), Err(RunError::NoMountpoint { .. })));
+        // A secretDir that cannot be read (or holds what a Secret may not set) is refused.
+        let mut with_secret = fuse("data");
+        with_secret.secret_dir = Some("/etc/sidemount/secrets/data".into());
+        let mut e = env(&t, &yes, &found);
+        let unreadable = |_: &Volume| Err("cannot read secretDir /etc/sidemount/secrets/data".to_string());
+        e.credentials = &unreadable;
+        let err = preflight(&[with_secret.clone()], Path::new("/sidemount"), &e).unwrap_err();
+        assert!(matches!(err, RunError::Credentials { .. }) && err.exit_code() == 78, "{err}");
+        preflight(&[fuse("data")], Path::new("/sidemount"), &e).expect("no secretDir, nothing to read");
         // No volumes: nothing to check, even without privileges.
         let mut e = env(&t, &nothing, &found);
         e.has_cap_sys_admin = false;

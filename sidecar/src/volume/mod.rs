@@ -162,8 +162,16 @@ impl Handle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
         let matcher = Matcher::for_volume(&volume.source);
-        let task =
-            Task { volume: volume.clone(), mountpoint, matcher, ctx, status: status.clone(), table, stop: stop_rx };
+        let task = Task {
+            volume: volume.clone(),
+            mountpoint,
+            matcher,
+            ctx,
+            status: status.clone(),
+            table,
+            stop: stop_rx,
+            secret_read: Default::default(),
+        };
         let task = tokio::spawn(task.run().instrument(span));
         Handle { volume, status, stop: Some(stop_tx), task }
     }
@@ -232,6 +240,8 @@ struct Task {
     status: SharedStatus,
     table: watch::Receiver<Arc<MountTable>>,
     stop: oneshot::Receiver<Deadlines>,
+    /// A read of the secretDir is under way (or stuck on a hung filesystem).
+    secret_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How one start of the volume ended.
@@ -334,14 +344,8 @@ impl Task {
 
     /// The daemon's or mount helpers' environment: the spec's `env` and the
     /// Secret's values; and the values to keep out of the log.
-    fn environment(&self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
-        let secrets = match &self.volume.source {
-            Source::ObjectiveFs { .. } => objectivefs::credentials(&self.volume)?,
-            _ => match &self.volume.secret_dir {
-                None => Secrets::default(),
-                Some(dir) => Secrets::read_dir(dir).map_err(|e| e.to_string())?,
-            },
-        };
+    async fn environment(&self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+        let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
             if !env.contains_key("CACHESIZE") && std::env::var_os("CACHESIZE").is_none() {
@@ -361,7 +365,7 @@ impl Task {
 
     /// Starts the volume once and stays with it until it fails or is stopped.
     async fn serve(&mut self, starts: u64) -> Served {
-        let (env, secrets) = match self.environment() {
+        let (env, secrets) = match self.environment().await {
             Ok(found) => found,
             Err(message) => {
                 self.fail(message);
@@ -914,6 +918,23 @@ impl Task {
             s.phase = Phase::Stopped;
             s.pid = None;
         });
+    }
+}
+
+/// A volume's secrets: its secretDir read under `timeout` (see
+/// [`Secrets::read_dir_bounded`]), and for objectivefs the credentials it needs.
+pub async fn secrets_of(
+    volume: &Volume,
+    timeout: Duration,
+    in_flight: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Secrets, String> {
+    let secrets = match &volume.secret_dir {
+        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await.map_err(|e| e.to_string())?,
+        None => Secrets::default(),
+    };
+    match volume.source {
+        Source::ObjectiveFs { .. } => objectivefs::credentials(volume, secrets),
+        _ => Ok(secrets),
     }
 }
 
