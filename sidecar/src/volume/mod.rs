@@ -268,6 +268,14 @@ impl Keeper {
         }
     }
 
+    /// The daemon's last lines of output, once it has exited.
+    async fn last_output(&mut self) -> Option<String> {
+        match self {
+            Keeper::Daemon(d) => d.last_output().await,
+            Keeper::Kernel => None,
+        }
+    }
+
     /// Resolves when the daemon exits; never for a kernel mount.
     async fn exited(&mut self, children: &Children) -> std::io::Result<std::process::ExitStatus> {
         match self {
@@ -400,10 +408,7 @@ impl Task {
                 } else {
                     " before mounting"
                 };
-                let last = match &keeper {
-                    Keeper::Daemon(d) => d.last_line().map(|l| format!(": {l}")).unwrap_or_default(),
-                    Keeper::Kernel => String::new(),
-                };
+                let last = keeper.last_output().await.map(|l| format!(": {l}")).unwrap_or_default();
                 self.fail(format!("daemon {}{hint}{last}", describe_exit(&status)));
                 return Served::Failed { stable: false };
             }
@@ -444,10 +449,7 @@ impl Task {
                 return Served::Stopped;
             }
             Event::Exited(status) => {
-                let last = match &keeper {
-                    Keeper::Daemon(d) => d.last_line().map(|l| format!(" (last output: {l})")).unwrap_or_default(),
-                    Keeper::Kernel => String::new(),
-                };
+                let last = keeper.last_output().await.map(|l| format!(" (last output: {l})")).unwrap_or_default();
                 format!("daemon {}{last}", describe_exit(&status))
             }
             Event::Gone | Event::TimedOut | Event::Mounted(_) | Event::Unattached(_) => {
