@@ -247,11 +247,22 @@ struct Task {
 /// How one start of the volume ended.
 enum Served {
     Stopped,
+    /// It can never work as specified: no more starts until the spec changes.
+    Refused,
     /// It failed or needs repair; `stable` when it had been ready long enough
     /// to start the backoff over.
     Failed {
         stable: bool,
     },
+}
+
+/// What an exited daemon left at its staging directory.
+enum Left {
+    Nothing,
+    /// Its mount, dead with it.
+    DeadMount,
+    /// Its mount, still served: by a process it forked.
+    LiveMount,
 }
 
 /// What keeps a mounted volume alive: its daemon, or the kernel alone.
@@ -332,6 +343,10 @@ impl Task {
                     starts += 1;
                     match self.serve(starts).await {
                         Served::Stopped => return,
+                        Served::Refused => {
+                            let deadlines = stop_or_now((&mut self.stop).await);
+                            return self.teardown(Keeper::Kernel, deadlines).await;
+                        }
                         Served::Failed { stable: true } => failures = 0,
                         Served::Failed { stable: false } => {}
                     }
@@ -401,15 +416,13 @@ impl Task {
                 return Served::Stopped;
             }
             Event::Exited(status) => {
-                let stage = self.stage_path();
-                let background = self.table.borrow().volume_at(&stage, |m| self.matcher.matches(m)).is_some();
-                let hint = if background {
-                    " after mounting: it went to the background; run it in the foreground (e.g. bindfs -f, s3fs -f)"
-                } else {
-                    " before mounting"
+                let when = match self.left_at_stage().await {
+                    Left::LiveMount => return self.refuse_background(&status).await,
+                    Left::DeadMount => " right after mounting",
+                    Left::Nothing => " before mounting",
                 };
                 let last = keeper.last_output().await.map(|l| format!(": {l}")).unwrap_or_default();
-                self.fail(format!("daemon {}{hint}{last}", describe_exit(&status)));
+                self.fail(format!("daemon {}{when}{last}", describe_exit(&status)));
                 return Served::Failed { stable: false };
             }
             Event::TimedOut | Event::Gone => {
@@ -449,6 +462,9 @@ impl Task {
                 return Served::Stopped;
             }
             Event::Exited(status) => {
+                if self.has_daemon() && matches!(self.left_at_stage().await, Left::LiveMount) {
+                    return self.refuse_background(&status).await;
+                }
                 let last = keeper.last_output().await.map(|l| format!(" (last output: {l})")).unwrap_or_default();
                 format!("daemon {}{last}", describe_exit(&status))
             }
@@ -470,6 +486,37 @@ impl Task {
             s.last_error = Some(reason);
         });
         Served::Failed { stable }
+    }
+
+    /// What an exited daemon left at the stage. A mount that still answers is
+    /// served by a process the daemon forked: it went to the background. (When a
+    /// daemon itself dies, the kernel aborts its connection with its last
+    /// /dev/fuse descriptor, before its exit can be seen.)
+    async fn left_at_stage(&self) -> Left {
+        let stage = self.stage_path();
+        match MountTable::read_self() {
+            Ok(table) if table.volume_at(&stage, |m| self.matcher.matches(m)).is_some() => {}
+            _ => return Left::Nothing,
+        }
+        let sys = self.ctx.sys.clone();
+        match bounded(self.ctx.check_timeout, move || sys.statfs(&stage)).await {
+            Ok(Ok(())) => Left::LiveMount,
+            _ => Left::DeadMount,
+        }
+    }
+
+    /// A daemon that went to the background is out of reach: its exit is never
+    /// seen, so it could be neither repaired nor taken down cleanly, and starting
+    /// it again would only fork another. Its mount is taken down (the process it
+    /// forked then exits) and the volume stays failed until its spec changes.
+    async fn refuse_background(&mut self, status: &std::io::Result<std::process::ExitStatus>) -> Served {
+        let message = format!(
+            "daemon {} after mounting: it went to the background, where it cannot be supervised; run it in the foreground (e.g. bindfs -f, s3fs -f); not restarted until the spec changes",
+            describe_exit(status)
+        );
+        self.teardown(Keeper::Kernel, Deadlines::within(EXIT_GRACE * 2)).await;
+        self.fail(message);
+        Served::Refused
     }
 
     /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
