@@ -14,6 +14,6 @@ UNFAITHFUL = (
     "no cluster DNS or Services: names resolve through /etc/hosts entries the caller gives",
     "no API server: status is this process's, a force delete removes nothing from anywhere",
     "cgroup limits are docker's (--memory, --cpus); no QoS classes, no eviction",
-    "Secret/ConfigMap updates are written on demand (Pod.resync), not on a sync period",
+    "Secret/ConfigMap updates are written when Pod.resync() is called, not on the kubelet's sync period",
     "the sandbox is a sleeping container of a local image, not the pause image",
 )

@@ -568,6 +568,21 @@ class Pod:
 
     # ------------------------------------------------------------ for tests
 
+    def resync(self):
+        """What the kubelet's periodic sync does for Secret, ConfigMap, downwardAPI and
+        projected volumes: write the current payload through the atomic writer (a
+        changed payload swaps `..data`). Returns the names of the volumes that changed."""
+        from . import atomic_writer  # noqa: PLC0415 - only this path needs it
+
+        changed = []
+        for volume in self.volumes.values():
+            if volume.kind in ("secret", "configMap", "downwardAPI", "projected"):
+                if atomic_writer.write(volume.path, volumes.payload(self.spec, self.store, volume)):
+                    changed.append(volume.name)
+        if changed:
+            self.emit("", "VolumesResynced", ", ".join(changed))
+        return changed
+
     def container(self, name):
         return self.containers[name]
 
