@@ -93,26 +93,33 @@ class Docker:
     def privileged_flags(self, probe_image):
         """What `privileged: true` becomes here. An engine whose own bounding set
         lacks a capability cannot start any --privileged container (runc: "unable to
-        apply caps"); there a privileged container gets every other capability,
-        no seccomp or AppArmor profile, unmasked /proc and /sys, and every device."""
-        if self._privileged is not None:
+        apply caps"); there a privileged container gets every other capability, no
+        seccomp or AppArmor profile, unmasked /proc and /sys, access to every device,
+        and the device nodes a privileged container would see that matter here
+        (/dev/fuse, the loop devices present when it starts)."""
+        if self._privileged is None:
+            ok = subprocess.run([self.binary, "run", "--rm", "--privileged", "--entrypoint", "true", probe_image],
+                                capture_output=True).returncode == 0
+            if ok:
+                self._privileged = ["--privileged"]
+            else:
+                flags = ["--cap-add", "ALL", "--security-opt", "seccomp=unconfined", "--security-opt",
+                         "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
+                         "--device-cgroup-rule", "b *:* rmw", "--device-cgroup-rule", "c *:* rmw"]
+                with open(f"/proc/{self._engine_pid()}/status") as f:
+                    bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+                for bit, name in enumerate(CAPABILITIES):
+                    if not (bounding >> bit) & 1:
+                        flags += ["--cap-drop", name]
+                self._privileged = flags
+        if self._privileged == ["--privileged"]:
             return self._privileged
-        ok = subprocess.run([self.binary, "run", "--rm", "--privileged", "--entrypoint", "true", probe_image],
-                            capture_output=True).returncode == 0
-        if ok:
-            self._privileged = ["--privileged"]
-            return self._privileged
-        flags = ["--cap-add", "ALL", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-                 "--security-opt", "systempaths=unconfined", "--device", "/dev/fuse",
-                 "--device-cgroup-rule", "b *:* rmw", "--device-cgroup-rule", "c *:* rmw"]
-        pid = self._engine_pid()
-        with open(f"/proc/{pid}/status") as f:
-            bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
-        for bit, name in enumerate(CAPABILITIES):
-            if not (bounding >> bit) & 1:
-                flags += ["--cap-drop", name]
-        self._privileged = flags
-        return flags
+        devices = ["/dev/fuse"] + sorted(f"/dev/{n}" for n in os.listdir("/dev")
+                                         if n.startswith("loop") and n[4:].isdigit())
+        return self._privileged + [arg for d in devices if os.path.exists(d) for arg in ("--device", d)]
+
+    def privileged_is_emulated(self):
+        return self._privileged is not None and self._privileged != ["--privileged"]
 
     @staticmethod
     def _engine_pid():

@@ -139,6 +139,12 @@ class Pod:
             if not self.docker.image_exists(c.spec["image"]):
                 raise PodError(f"container {c.name}: image {c.spec['image']!r} is not in the engine "
                                "(imagePullPolicy cannot be honoured: nothing can be pulled here)")
+        if any((c.spec.get("securityContext") or {}).get("privileged") for c in self.containers.values()):
+            self.docker.privileged_flags(self.options.pause_image)
+            if self.docker.privileged_is_emulated():
+                self.emit("", "NotFaithful", "this engine cannot start --privileged containers (its bounding set "
+                          "lacks a capability): privileged is every other capability, unconfined, every device "
+                          "allowed, with /dev/fuse and the loop devices")
         os.makedirs(self.pod_dir, exist_ok=True)
         self._run_sandbox()
         self.volumes = volumes.setup(self.spec, self.store, self.pod_dir)
@@ -257,8 +263,9 @@ class Pod:
             env = container_env(self.spec, c.spec, self.store, self.sandbox_ip, self._host_ip())
             command, args = command_and_args(c.spec, env)
             mounts = self._mounts(c, env)
-            privileged = self.docker.privileged_flags(self.options.pause_image) \
-                if (c.spec.get("securityContext") or {}).get("privileged") else []
+            privileged = []
+            if (c.spec.get("securityContext") or {}).get("privileged"):
+                privileged = self.docker.privileged_flags(self.options.pause_image)
             name = f"pr-{self.uid[:8]}-{self.name[:30]}-{c.name}-{restart}"
             run, cli_env = containers.run_args(self.spec, c.spec, name, self.sandbox, env, mounts, privileged,
                                                self._labels(c.name), command, args)

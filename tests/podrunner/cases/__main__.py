@@ -58,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--sidemount", default=default_sidemount(), help="the binary for inject and webhook")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("PODRUNNER_CONCURRENCY", "4")))
     parser.add_argument("--no-unit", action="store_true", help="skip the unit tests")
+    parser.add_argument("--unit-only", action="store_true", help="only the unit tests (no Docker engine)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -70,6 +71,10 @@ def main(argv=None):
     passed = failed = 0
     if not args.no_unit:
         passed, failed = unit_tests(work)
+    if args.unit_only:
+        subprocess.run(["rm", "-rf", "--one-file-system", work])
+        print(f"pod runner: {passed} passed, {failed} failed")
+        return 1 if failed else 0
     scenarios = [s for s in SCENARIOS if not args.cases or s.__name__ in args.cases
                  or any(c in args.cases for c in getattr(s, "cases", ()))]
     world = World(work, args.image, args.sidemount, args.concurrency)

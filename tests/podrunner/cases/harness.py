@@ -209,6 +209,7 @@ class World:
         self.s3 = None
         self.webhook = None
         self.loops = []
+        self.tags = []
         self.lock = threading.Lock()
         self.store = Store(load_files([os.path.join(MANIFESTS, "s3.yaml")]))
 
@@ -216,12 +217,23 @@ class World:
         if not self.docker.image_exists(self.image):
             fail(f"no image {self.image}: build it with images/build-local.sh")
         # The manifests name the image as the kind suite loads it (sidemount:e2e).
-        self.docker.run(["tag", self.image, "sidemount:e2e"])
+        self.tag("sidemount:e2e")
         self.node = Node(os.path.join(self.work, "node"))
         self.s3 = S3(self.docker, self.image, self.label, os.path.join(self.work, "moto.log"))
+        # The kind suite's bucket (run.sh makes it with `rclone mkdir`).
+        self.s3.make_bucket("e2e-bucket")
         self.webhook = Webhook(self.sidemount, self.image, self.work)
 
+    def tag(self, name):
+        """The image under test, also under `name` (what `kind load` does in the kind suite)."""
+        with self.lock:
+            if name != self.image and name not in self.tags:
+                self.docker.run(["tag", self.image, name])
+                self.tags.append(name)
+
     def close(self):
+        for tag in self.tags:
+            self.docker.run(["rmi", "--no-prune", tag], check=False)
         for closer in (self.webhook, self.s3):
             if closer is not None:
                 with contextlib.suppress(Exception):

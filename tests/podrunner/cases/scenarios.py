@@ -22,9 +22,12 @@ BUCKET = "e2e-bucket"  # the kind suite's bucket: rclone and s3fs volumes use pr
 
 def status(pod):
     """The supervisor's /status, read over its loopback listener from inside the pod."""
-    out = pod.sh("sidemount", "exec 3<>/dev/tcp/127.0.0.1/9810; "
-                 "printf 'GET /status HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; cat <&3", timeout=10)
-    return json.loads(out.split("\r\n\r\n", 1)[1])
+    code, out, err = pod.exec("sidemount", ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9810; "
+                                            "printf 'GET /status HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; cat <&3"],
+                              timeout=10)
+    if code != 0:
+        fail(f"cannot read /status: {err.decode(errors='replace')}")
+    return json.loads(out.decode().split("\r\n\r\n", 1)[1])
 
 
 def node_mounts(pod):
@@ -191,6 +194,10 @@ def kustomize_component(scenario):
         deployment = next((d for d in docs if d["kind"] == "Deployment"), None)
         if deployment is None or "Bidirectional" not in json.dumps(deployment):
             fail("the component did not add the sidecar")
+        # The component injects the release's image name, which the kind suite loads
+        # under that name too: tag the image under test the same way.
+        sidecar = next(c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"] == "sidemount")
+        world.tag(sidecar["image"])
         pod = scenario.run_pod(deployment)
         ready(pod)
         if pod.sh("app", 'grep " /data fuse" /proc/mounts || true').strip() == "":
