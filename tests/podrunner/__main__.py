@@ -29,7 +29,7 @@ CONTROL_DIR = "/run/podrunner"
 def report_dict(report):
     return {
         "grace": report.grace, "force": report.force, "took": round(report.took, 2), "stuck": report.stuck,
-        "stops": {name: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in stop.items() if k != "since_delete"}
+        "stops": {name: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in stop.items()}
                   for name, stop in report.stops.items()},
         "volumes": [{"volume": t.volume, "kind": t.kind, "steps": t.steps, "error": t.error,
                      "removed": len(t.removed), "removed_inside_mounts": t.inside_mounts} for t in report.teardowns],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import UNFAITHFUL, containers, plan, volumes
 from .env import command_and_args, container_env
+from .docker import DockerError
 from .node import mounts_under, read_mountinfo
 from .objects import ManifestError
 
@@ -29,12 +30,17 @@ class Options:
     backoff_initial: float = 10.0  # kubelet.go backOffPeriod
     backoff_cap: float = 300.0  # kubelet.go MaxContainerBackOff
     teardown_retry: float = 4.0  # how long a failing volume teardown is retried before "stuck Terminating"
+    sync_retry: float = 5.0  # when the runtime refuses a container, the next attempt (the kubelet's next sync)
     log_dir: str = None  # each container instance's output is saved there when it exits
     run_label: str = "podrunner"
 
 
 class PodError(Exception):
     pass
+
+
+class StartError(Exception):
+    """The runtime refused to create or start a container."""
 
 
 class Instance:
@@ -201,7 +207,7 @@ class Pod:
     def _run_init(self, c):
         """A regular init container: must exit 0; retried by the pod's restartPolicy."""
         while True:
-            inst = self._start_instance(c)
+            inst = self._create(c)
             if inst is None:
                 return False
             while not inst.exited.wait(0.2):
@@ -220,11 +226,11 @@ class Pod:
 
     def _start_kept(self, c):
         """Start a container and keep it per its restart rules on a thread of its own."""
-        inst = self._start_instance(c)
-        if inst is not None:
-            threading.Thread(target=self._keep, args=(c,), name=f"keep-{self.name}-{c.name}", daemon=True).start()
+        threading.Thread(target=self._keep, args=(c,), name=f"keep-{self.name}-{c.name}", daemon=True).start()
 
     def _keep(self, c):
+        if self._create(c) is None:
+            return
         while True:
             inst = c.current
             inst.exited.wait()
@@ -236,8 +242,21 @@ class Pod:
                 return
             if not self._wait_backoff(c, inst):
                 return
-            if self._start_instance(c) is None:
+            if self._create(c) is None:
                 return
+
+    def _create(self, c):
+        """_start_instance, retried while the runtime refuses to create the container
+        (the kubelet reports CreateContainerError and tries again on a later sync).
+        None when the pod started terminating."""
+        while True:
+            try:
+                return self._start_instance(c)
+            except (StartError, ManifestError) as err:
+                reason = "CreateContainerError" if isinstance(err, StartError) else "CreateContainerConfigError"
+                self.emit(c.name, reason, str(err))
+                if self.terminating.wait(self.options.sync_retry):
+                    return None
 
     def _wait_backoff(self, c, inst):
         """doBackOff: wait out the backoff since the container finished; False if the
@@ -269,7 +288,11 @@ class Pod:
             name = f"pr-{self.uid[:8]}-{self.name[:30]}-{c.name}-{restart}"
             run, cli_env = containers.run_args(self.spec, c.spec, name, self.sandbox, env, mounts, privileged,
                                                self._labels(c.name), command, args)
-            docker_id = self.docker.run(run, env=cli_env).strip()
+            try:
+                docker_id = self.docker.run(run, env=cli_env).strip()
+            except DockerError as err:
+                self.docker.remove(name)
+                raise StartError(str(err).replace("\n\nRun 'docker run --help' for more information", "")) from err
             inst = Instance(c, restart, docker_id)
             c.instances.append(inst)
             c.pending_restart = False
@@ -521,7 +544,7 @@ class Pod:
         terminated[kill.name].set()
         report.stops[c.name] = {"sigterm_at": sigterm_at - start, "timeout": timeout,
                                 "exited_at": (inst.finished_at or time.monotonic()) - start,
-                                "exit_code": inst.exit_code, "since_delete": sigterm_at}
+                                "exit_code": inst.exit_code}
 
     def _stop_sandbox(self):
         if self.sandbox:

@@ -15,7 +15,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 
 from .harness import REPO, World, run_scenario
-from .known import AWAITING_FIX, KNOWN_DATA_LOSS
+from .known import AWAITING_FIX, KNOWN_DATA_LOSS, KNOWN_NO_RECOVERY
 from .scenarios import SCENARIOS
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def main(argv=None):
         world.close()
     known, unexpected_pass = [], []
     for result in results:
-        expected = KNOWN_DATA_LOSS.get(result.name) or AWAITING_FIX.get(result.name)
+        expected = known_reason(result.name)
         if expected and result.error is not None:
             known.append(result.name)
         elif expected:
@@ -106,8 +106,8 @@ def main(argv=None):
             passed += 1
         else:
             failed += 1
-    if known:
-        say(f"known failures (known.py, expected): {', '.join(sorted(known))}")
+    for name in sorted(known):
+        say(f"known failure (known.py): {name}: {known_reason(name)}")
     if unexpected_pass:
         say(f"PASSED but listed as known failures in known.py (remove them from the list): "
             f"{', '.join(sorted(unexpected_pass))}")
@@ -122,8 +122,12 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def known_reason(name):
+    return KNOWN_DATA_LOSS.get(name) or KNOWN_NO_RECOVERY.get(name) or AWAITING_FIX.get(name)
+
+
 def report(result):
-    expected = KNOWN_DATA_LOSS.get(result.name) or AWAITING_FIX.get(result.name)
+    expected = known_reason(result.name)
     if result.error is None:
         say(f"{'PASS?' if expected else 'ok  '} {result.name} ({result.took:.0f}s)")
     else:
