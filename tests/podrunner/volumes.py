@@ -58,7 +58,6 @@ def _mount_tmpfs(path, size=None):
 def setup(pod, store, pod_dir):
     """Every volume of the pod under `pod_dir`, in spec order. Raises
     atomic_writer.PayloadError / ManifestError as the kubelet's SetUp fails."""
-    namespace = pod["metadata"]["namespace"]
     volumes = {}
     for spec in pod["spec"].get("volumes") or []:
         name = spec["name"]

@@ -7,7 +7,6 @@ including a case listed in known.py that passed."""
 import argparse
 import concurrent.futures
 import os
-import re
 import subprocess
 import sys
 import tempfile
