@@ -19,6 +19,9 @@
 #                             (sidemount inject as a kustomize plugin), no webhook
 #   invalid_annotation_refused  `kubectl apply` of a bad annotation fails, naming the field
 #
+# The same manifests run without a cluster on the pod runner (tests/podrunner),
+# which emulates the kubelet on the local Docker engine.
+#
 # Usage: tests/e2e/kind/run.sh [CASE...]
 # Needs: docker (with BuildKit), kind, kubectl, jq, curl. Settings (environment):
 #   KIND_NODE_IMAGE     node image (Kubernetes version)   [kind's default]

@@ -84,7 +84,8 @@ for file in tests/e2e/kind/manifests/*.yaml; do
   check "kubernetes-validate --strict $file" validate "$file"
 done
 
-for file in tests/e2e/kind/manifests/pod-s3fs.yaml tests/e2e/kind/manifests/pod-legacy.yaml tests/e2e/kind/manifests/job.yaml; do
+for file in tests/e2e/kind/manifests/pod-s3fs.yaml tests/e2e/kind/manifests/pod-legacy.yaml tests/e2e/kind/manifests/job.yaml \
+  tests/e2e/kind/manifests/safety-fuse.yaml tests/e2e/kind/manifests/safety-block.yaml; do
   injected_ok() {
     "$sidemount" inject --image sidemount:e2e -f "$1" >"$work/injected.yaml" || return 1
     grep -q 'mountPropagation: Bidirectional' "$work/injected.yaml" || { echo "no sidecar injected"; return 1; }
