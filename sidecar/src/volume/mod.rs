@@ -1016,13 +1016,35 @@ pub async fn check(status: &SharedStatus, sys: &Arc<dyn Sys>, timeout: Duration)
 }
 
 /// Checks ready volumes with bounded `statfs` calls, one after another on one
-/// thread, so a periodic check of many volumes costs one wakeup. When a call
-/// misses its deadline, that volume is marked not answering and the rest go on
-/// on a fresh thread. A volume whose earlier check still waits on the kernel is
-/// not checked again: a hung mount holds one thread, not one per probe.
+/// thread, so a periodic check of many volumes costs one wakeup. When that
+/// batch misses its deadline, the volume it is stuck on is marked not
+/// answering and every volume it had not reached is checked at once, each on
+/// a thread of its own: the whole check takes at most twice `timeout`, however
+/// many volumes hang. A volume whose earlier check still waits on the kernel
+/// is not checked again: a hung mount holds one thread, not one per probe.
 /// True when every volume given is ready.
 pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
-    let mut queue: Vec<(SharedStatus, PathBuf, u64)> = Vec::new();
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    type Item = (SharedStatus, PathBuf, u64);
+    fn check_one(sys: &dyn Sys, (status, mountpoint, generation): &Item) {
+        let result = sys.statfs(mountpoint);
+        let mut s = status.lock().expect("status lock");
+        if s.generation == *generation {
+            s.check_started = None;
+            record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
+        }
+    }
+    fn not_answering((status, _, generation): &Item, timeout: Duration) {
+        let mut s = status.lock().expect("status lock");
+        // Still waiting on this check: it answered right at the deadline otherwise.
+        if s.generation == *generation && s.check_started.is_some() {
+            let message = format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
+            record_check(&mut s, Err(message));
+        }
+    }
+
+    let mut queue: Vec<Item> = Vec::new();
     for status in statuses {
         let mut s = status.lock().expect("status lock");
         if s.phase != Phase::Ready {
@@ -1042,36 +1064,36 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
             }
         }
     }
-    while !queue.is_empty() {
-        let batch: Arc<[(SharedStatus, PathBuf, u64)]> = std::mem::take(&mut queue).into();
-        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (worker_batch, worker_done, worker_sys) = (batch.clone(), done.clone(), sys.clone());
+    if !queue.is_empty() {
+        let batch: Arc<[Item]> = queue.into();
+        // The index of the next volume the batch thread takes; usize::MAX once the
+        // batch is given up, so the thread takes no more after its stuck call.
+        let next = Arc::new(AtomicUsize::new(0));
+        let (worker_batch, worker_next, worker_sys) = (batch.clone(), next.clone(), sys.clone());
         let finished = bounded(timeout, move || {
-            for (status, mountpoint, generation) in worker_batch.iter() {
-                let result = worker_sys.statfs(mountpoint);
-                let mut s = status.lock().expect("status lock");
-                if s.generation == *generation {
-                    s.check_started = None;
-                    record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
-                }
-                worker_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while let Ok(i) = worker_next.fetch_update(SeqCst, SeqCst, |i| (i != usize::MAX).then_some(i + 1)) {
+                let Some(item) = worker_batch.get(i) else { return };
+                check_one(worker_sys.as_ref(), item);
             }
         })
         .await;
-        if finished.is_ok() {
-            break;
-        }
-        // The call at `stuck` is waiting on the kernel: that volume is not answering.
-        let stuck = done.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some((status, _, generation)) = batch.get(stuck) {
-            let mut s = status.lock().expect("status lock");
-            if s.generation == *generation {
-                let message =
-                    format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-                record_check(&mut s, Err(message));
+        if finished.is_err() {
+            let taken = next.swap(usize::MAX, SeqCst).min(batch.len());
+            // The call the batch thread is in is waiting on the kernel.
+            if let Some(stuck) = taken.checked_sub(1).and_then(|i| batch.get(i)) {
+                not_answering(stuck, timeout);
             }
+            let mut rest = tokio::task::JoinSet::new();
+            for item in batch.iter().skip(taken) {
+                let (sys, item, probe) = (sys.clone(), item.clone(), item.clone());
+                rest.spawn(async move {
+                    if bounded(timeout, move || check_one(sys.as_ref(), &probe)).await.is_err() {
+                        not_answering(&item, timeout);
+                    }
+                });
+            }
+            while rest.join_next().await.is_some() {}
         }
-        queue = batch.iter().skip(stuck + 1).cloned().collect();
     }
     statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
 }
@@ -1106,6 +1128,69 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(10), BACKOFF_CAP);
         assert_eq!(backoff(200), BACKOFF_CAP);
+    }
+
+    /// A kernel stand-in whose statfs hangs (for a few seconds) on every
+    /// mountpoint whose name starts with "hung".
+    struct HungSys;
+    impl Sys for HungSys {
+        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn statfs(&self, target: &Path) -> Result<(), Errno> {
+            if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Ok(())
+        }
+        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn has_cap_sys_admin(&self) -> bool {
+            true
+        }
+    }
+
+    fn ready(name: &str) -> SharedStatus {
+        let volume = Volume {
+            name: name.into(),
+            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
+            options: vec![],
+            env: Default::default(),
+            secret_dir: None,
+            secret_name: None,
+        };
+        let mut status = Status::new(&volume, &Path::new("/sidemount").join(name));
+        status.phase = Phase::Ready;
+        status.responsive = true;
+        Arc::new(Mutex::new(status))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_hung_volumes_cost_at_most_two_timeouts() {
+        let sys: Arc<dyn Sys> = Arc::new(HungSys);
+        let timeout = Duration::from_millis(300);
+        // Healthy ones before, between and after the hung ones.
+        let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
+        let statuses: Vec<SharedStatus> = names.iter().map(|n| ready(n)).collect();
+        let started = Instant::now();
+        let ready_all = check_many(&statuses, &sys, timeout).await;
+        let took = started.elapsed();
+        assert!(!ready_all);
+        // One after another this took six timeouts (1.8 s).
+        assert!(took < timeout * 2 + Duration::from_millis(250), "the check took {took:?}");
+        for (name, status) in names.iter().zip(&statuses) {
+            let s = status.lock().unwrap();
+            assert_eq!(s.responsive, !name.starts_with("hung"), "{name}: {s:?}");
+        }
+        // The hung ones still hold their one thread each: not checked again, and
+        // the second check is quick.
+        let started = Instant::now();
+        check_many(&statuses, &sys, timeout).await;
+        assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
     }
 
     #[test]
