@@ -192,6 +192,11 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
     }
+    match sys::raise_open_files_limit() {
+        Ok((before, now)) if before != now => debug!(before, now, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(err) => warn!(%err, "cannot raise the open-files limit"),
+    }
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -222,7 +227,8 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     info!(volumes = volumes.len(), root = %supervisor.settings.root.display(), "starting");
     supervisor.apply(volumes).await;
     // Served only once every volume is registered: an empty registry reads as ready.
-    let http_task = tokio::spawn(http::serve(listener, supervisor.registry.clone()));
+    let limits = http::Limits::default();
+    let http_task = tokio::spawn(http::serve(listener, supervisor.registry.clone(), limits));
 
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| RunError::Setup { what: "SIGTERM handling", source })?;
