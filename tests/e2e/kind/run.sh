@@ -26,7 +26,8 @@
 #   KEEP_CLUSTER=1      leave the cluster up at the end (to look, or `kind export logs`)
 #   REUSE_CLUSTER=1     use an existing cluster of that name
 #   BUILD=0             do not build: use the images sidemount:e2e, sidemount-webhook:e2e
-#   MINIO_IMAGE         [minio/minio:RELEASE.2025-04-22T22-12-26Z]
+#   MINIO_IMAGE         [quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z] (Docker Hub's
+#                       minio/minio refuses anonymous pulls; the same tags are on quay.io)
 #   CERT_MANAGER_VERSION [v1.17.2]
 # Ends with `kind e2e: N passed, M failed`; exits non-zero when a case failed.
 set -euo pipefail
@@ -37,7 +38,7 @@ repo=$(cd "$here/../../.." && pwd)
 . "$repo/tests/lib.sh"
 manifests=$here/manifests
 CLUSTER_NAME=${CLUSTER_NAME:-sidemount-e2e}
-MINIO_IMAGE=${MINIO_IMAGE:-minio/minio:RELEASE.2025-04-22T22-12-26Z}
+MINIO_IMAGE=${MINIO_IMAGE:-quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z}
 CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.17.2}
 SIDECAR=sidemount:e2e          # what the test pods' own containers run (tools: sh, rclone)
 WEBHOOK=sidemount-webhook:e2e
@@ -129,8 +130,24 @@ for config in $(objects | jq -r 'select(.kind == "MutatingWebhookConfiguration")
 done
 
 # ---------------------------------------------------------------- the S3 server
+# minio_manifest IMAGE: manifests/s3.yaml with MinIO's image set to IMAGE, whatever
+# registry its own line names; fails unless exactly one image line was set, so an
+# override is never silently ignored. (No sed: IMAGE is not a pattern.)
+minio_manifest() {
+  local line replaced=0 out=
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [[ $line =~ ^([[:space:]]*image:[[:space:]]*)[^[:space:]]*minio/minio:[^[:space:]]*$ ]]; then
+      line=${BASH_REMATCH[1]}$1
+      replaced=$((replaced + 1))
+    fi
+    out+=$line$'\n'
+  done <"$manifests/s3.yaml"
+  [ "$replaced" = 1 ] || { say "manifests/s3.yaml: $replaced MinIO image lines, expected 1"; return 1; }
+  printf '%s' "$out"
+}
 say "starting MinIO ($MINIO_IMAGE)"
-sed "s|image: minio/minio:.*|image: $MINIO_IMAGE|" "$manifests/s3.yaml" | k apply -f - >/dev/null
+minio_manifest "$MINIO_IMAGE" >"$work/s3.yaml"
+k apply -f "$work/s3.yaml" >/dev/null
 k -n "$NS" rollout status deploy/minio --timeout=300s >&2
 
 # s3 ARGS...: rclone against the bucket from a one-off pod (the sidecar image has rclone).
