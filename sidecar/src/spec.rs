@@ -333,7 +333,12 @@ pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
                 );
                 None
             }
-            Some(cmd) => Some(Source::Fuse { command: cmd.clone() }),
+            Some(cmd) => {
+                if let Some(refusal) = crate::volume::flush::own_remote_control_refusal(cmd, &env) {
+                    problem("command", refusal);
+                }
+                Some(Source::Fuse { command: cmd.clone() })
+            }
         },
         Some("objectivefs") => match raw.filesystem.as_deref().map(str::trim) {
             None | Some("") => {

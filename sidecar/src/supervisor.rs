@@ -59,6 +59,8 @@ pub enum RunError {
     Setup { what: &'static str, source: std::io::Error },
     #[error("shutdown cut short: {0} still mounted at the deadline")]
     CutShort(String),
+    #[error("writes the app made were not all sent on before the daemons stopped: {0}")]
+    Unflushed(String),
 }
 
 impl RunError {
@@ -66,7 +68,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::InvalidSpec(_) => 64,
-            RunError::CutShort(_) => 1,
+            RunError::CutShort(_) | RunError::Unflushed(_) => 1,
             _ => 78,
         }
     }
@@ -302,6 +304,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         objectivefs_volumes: Default::default(),
         hurry: hurry_rx,
         stage: settings.stage.clone(),
+        unflushed: Default::default(),
     };
     let mut supervisor = Supervisor {
         settings,
@@ -729,6 +732,11 @@ impl Supervisor {
         if self.stage_ready {
             // Nothing is mounted under it any more; it goes with the container anyway.
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
+        }
+        let unflushed = self.ctx.unflushed.take();
+        if !unflushed.is_empty() {
+            let also = if left.is_empty() { String::new() } else { format!("; still mounted: {}", left.join(", ")) };
+            return Err(RunError::Unflushed(format!("{}{also}", unflushed.join("; "))));
         }
         if left.is_empty() {
             info!("every volume is down");

@@ -5,6 +5,7 @@
 //! side by side, and a hung one holds up nobody else.
 
 pub mod block;
+pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
 pub mod zfs;
@@ -55,6 +56,8 @@ pub struct Context {
     pub hurry: watch::Receiver<bool>,
     /// The private staging area where daemons mount (see `Task::attach`).
     pub stage: PathBuf,
+    /// Volumes whose daemon still had writes to send when they were taken down.
+    pub unflushed: Arc<flush::Unflushed>,
 }
 
 /// Where a volume is in its life.
@@ -171,6 +174,7 @@ impl Handle {
             table,
             stop: stop_rx,
             secret_read: Default::default(),
+            writeback: None,
         };
         let task = tokio::spawn(task.run().instrument(span));
         Handle { volume, status, stop: Some(stop_tx), task }
@@ -242,6 +246,8 @@ struct Task {
     stop: oneshot::Receiver<Deadlines>,
     /// A read of the secretDir is under way (or stuck on a hung filesystem).
     secret_read: Arc<std::sync::atomic::AtomicBool>,
+    /// How to ask the running daemon about the writes it has yet to send.
+    writeback: Option<flush::Writeback>,
 }
 
 /// How one start of the volume ended.
@@ -365,9 +371,10 @@ impl Task {
         }
     }
 
-    /// The daemon's or mount helpers' environment: the spec's `env` and the
-    /// Secret's values; and the values to keep out of the log.
-    async fn environment(&self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    /// The daemon's or mount helpers' environment: the spec's `env`, the Secret's
+    /// values and, for a daemon that queues writes, a remote control to ask it
+    /// about them (see `flush`); and the values to keep out of the log.
+    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
         let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
@@ -383,7 +390,9 @@ impl Task {
                 }
             }
         }
-        Ok((env, secrets.values()))
+        let mut secrets = secrets.values();
+        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
+        Ok((env, secrets))
     }
 
     /// Starts the volume once and stays with it until it fails or is stopped.
@@ -876,6 +885,7 @@ impl Task {
     /// left mounted on the emptyDir the kubelet's recursive delete would empty it.
     async fn teardown(&mut self, keeper: Keeper, deadlines: Deadlines) {
         self.set(|s| s.phase = Phase::Stopping);
+        flush::before_unmount(self, keeper.pid(), deadlines).await;
         let busy = match keeper {
             Keeper::Kernel => Instant::now(),
             Keeper::Daemon(_) => deadlines.busy,

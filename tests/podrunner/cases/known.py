@@ -25,10 +25,5 @@ KNOWN_NO_RECOVERY = {
         "(CreateContainerError); the app's volume stays dead and the deletion is stuck Terminating",
 }
 
-# Cases waiting for a product fix being made elsewhere.
-AWAITING_FIX = {
-    "job_completes": "rclone --vfs-cache-mode writes: the writer's close() returns with the upload still "
-                     "queued (write-back after 5 s), the sidecar is stopped a second later and unmounts at "
-                     "once, rclone exits 0 and the file never reaches the bucket; the supervisor must wait "
-                     "for rclone's write-back queue at shutdown",
-}
+# Cases waiting for a product fix that is not in yet (none now).
+AWAITING_FIX: dict = {}
