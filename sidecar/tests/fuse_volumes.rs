@@ -507,3 +507,40 @@ fn fifty_volumes_are_started_concurrently() {
          they were not launched concurrently"
     );
 }
+
+/// `options` of a fuse volume are the flags of the bind that brings the daemon's mount
+/// to the pod: with `ro` the app cannot write (EROFS), in its namespace as in the
+/// sidecar's, and a repair after kill -9 keeps it so.
+#[test]
+fn fuse_options_make_the_app_s_view_read_only_across_a_repair() {
+    let pod = Pod::new(&["data"]);
+    let src = source(&pod, "src", "read only\n");
+    let vol = bindfs("data", &src).options(&["ro", "noexec", "noatime"]);
+    let mut sup = pod.supervisor().spec(&spec(&[vol])).start();
+    sup.wait_ready(READY);
+    pod.wait_app_reads("data", "hello", "read only\n", READY);
+    let refused = |what: &str| {
+        let err = pod.app_write("data", "attempt", "x").expect_err(&format!("the app wrote into a ro volume ({what})"));
+        assert!(err.contains("Read-only file system"), "{what}: {err}");
+        let mp = pod.mountpoint("data").join("attempt").display().to_string();
+        let err = pod.sh(Ns::Sidecar, &format!("echo x > {mp}")).expect_err("the sidecar wrote into a ro volume");
+        assert!(err.contains("Read-only file system"), "{what}: {err}");
+        assert!(!src.join("attempt").exists(), "{what}: the write reached the source");
+    };
+    refused("first mount");
+    let flags = |ns: Ns| -> String {
+        let path = if ns == Ns::App { pod.app_dir("data") } else { pod.empty_dir("data") };
+        pod.sh(ns, &format!("findmnt -n -o OPTIONS --mountpoint {} | tail -n 1", path.display())).unwrap()
+    };
+    for ns in [Ns::App, Ns::Node] {
+        let opts = flags(ns);
+        assert!(opts.starts_with("ro,") && opts.contains("noexec") && opts.contains("noatime"), "{ns:?}: {opts}");
+    }
+
+    let daemon = sup.daemon_pid("data");
+    signal(daemon, libc::SIGKILL);
+    wait_for(REPAIR, "the repair", || (repairs(&sup, "data") >= 1.0 && sup.readyz() == Some(200)).then_some(()));
+    pod.wait_app_reads("data", "hello", "read only\n", REPAIR);
+    refused("after the repair");
+    assert_eq!(sup.terminate().0, 0);
+}

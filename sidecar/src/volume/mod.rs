@@ -749,6 +749,9 @@ impl Task {
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
+        if let Source::Fuse { .. } = self.volume.source {
+            self.apply_options(&stage).await?;
+        }
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
             Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
@@ -764,6 +767,29 @@ impl Task {
                 .collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
+    }
+
+    /// Gives the daemon's mount at the stage the flags of `options` (`ro`, `nosuid`,
+    /// `noatime` ...). Done there, before the bind: binds copy the flags of what they
+    /// bind, and so do the copies propagated to the node and the apps, while a
+    /// remount of the bind at the mountpoint would change the sidecar's view only.
+    async fn apply_options(&self, stage: &Path) -> Result<(), String> {
+        if self.volume.options.is_empty() {
+            return Ok(());
+        }
+        let (sys, stage, options) = (self.ctx.sys.clone(), stage.to_path_buf(), self.volume.options.clone());
+        let applied = bounded(self.ctx.check_timeout, move || {
+            let current = sys.bind_flags(&stage)?;
+            sys.remount_bind(&stage, fuse::bind_flags(current, &options))
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(errno)) => {
+                Err(format!("cannot apply options {:?} to the daemon's mount: {errno}", self.volume.options))
+            }
+            Err(_) => Err("applying the options to the daemon's mount did not return".into()),
+        }
     }
 
     async fn statfs(&self) -> Result<(), String> {
