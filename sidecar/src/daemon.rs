@@ -212,6 +212,8 @@ pub enum HelperError {
     Spawn(#[from] SpawnError),
     #[error("`{command}` did not finish within {limit:?}; it was killed")]
     TimedOut { command: String, limit: std::time::Duration },
+    #[error("`{command}` was killed: the volume is being stopped")]
+    Stopped { command: String },
     #[error("`{command}` {status}{}", stderr.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Failed { command: String, status: String, code: Option<i32>, stderr: Option<String> },
 }
@@ -226,15 +228,23 @@ impl HelperError {
     }
 }
 
+/// After this long, a killed helper's process group still there is worth a warning:
+/// a process inside mount(2) dies only when the call returns.
+const GROUP_EXIT_WARN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a helper to completion under `limit` and returns its standard output.
 /// Its output never reaches the log unredacted: a helper's error message may
-/// echo its environment.
+/// echo its environment. When `stop` resolves or `limit` passes, the helper's
+/// process group (its own, with whatever it started) is killed and awaited: no
+/// process of it is left to mount once this returns (one that left the group with
+/// setsid is beyond reach).
 pub async fn run_helper(
     children: &Children,
     argv: &[String],
     env: &BTreeMap<String, String>,
     secrets: &[String],
     limit: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<String, HelperError> {
     let command = argv.join(" ");
     let mut cmd = Command::new(&argv[0]);
@@ -243,21 +253,34 @@ pub async fn run_helper(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(false);
     let mut child = children.spawn(&mut cmd, &argv[0])?;
+    let pid = child.id().map(|p| p as i32);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let waited = tokio::time::timeout(limit, async {
+    let ran = async {
         let (out, err) = tokio::join!(read_all(stdout.take()), read_all(stderr.take()));
         (children.wait(&mut child).await, out, err)
-    })
-    .await;
+    };
+    let waited = tokio::select! {
+        biased;
+        _ = stop => Err(HelperError::Stopped { command: command.clone() }),
+        done = tokio::time::timeout(limit, ran) => done.map_err(|_| HelperError::TimedOut { command: command.clone(), limit }),
+    };
     let (status, out, err) = match waited {
         Ok(done) => done,
-        Err(_) => {
-            let _ = child.start_kill();
+        Err(cut) => {
+            if let Some(pid) = pid {
+                if let Err(err) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+                    tracing::debug!(pid, %err, "helper group not signalled");
+                }
+            }
             let _ = children.wait(&mut child).await;
-            return Err(HelperError::TimedOut { command, limit });
+            if let Some(pid) = pid {
+                await_group(children, pid).await;
+            }
+            return Err(cut);
         }
     };
     let out = redact(&String::from_utf8_lossy(&out), secrets);
@@ -270,6 +293,27 @@ pub async fn run_helper(
             code: other.as_ref().ok().and_then(|s| s.code()),
             stderr: err.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()),
         }),
+    }
+}
+
+/// Waits until no process of group `pgid` is left, reaping the orphans among them
+/// (this process is their subreaper). Not bounded: a helper that could still mount
+/// must hold its volume's stop up, so a shutdown that cannot wait for it ends cut
+/// short (exit 1) rather than clean.
+async fn await_group(children: &Children, pgid: i32) {
+    let warn_at = tokio::time::Instant::now() + GROUP_EXIT_WARN;
+    let mut warned = false;
+    loop {
+        children.reap_orphans();
+        // Signal 0 only asks whether the group has a member; ESRCH: none.
+        if killpg(Pid::from_raw(pgid), None::<Signal>) == Err(nix::errno::Errno::ESRCH) {
+            return;
+        }
+        if !warned && tokio::time::Instant::now() >= warn_at {
+            tracing::warn!(pgid, "a killed helper's process group is still there: it may still change the mount table");
+            warned = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -162,8 +162,15 @@ impl Handle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
         let matcher = Matcher::for_volume(&volume.source);
-        let task =
-            Task { volume: volume.clone(), mountpoint, matcher, ctx, status: status.clone(), table, stop: stop_rx };
+        let task = Task {
+            volume: volume.clone(),
+            mountpoint,
+            matcher,
+            ctx,
+            status: status.clone(),
+            table,
+            stop: Stop::new(stop_rx),
+        };
         let task = tokio::spawn(task.run().instrument(span));
         Handle { volume, status, stop: Some(stop_tx), task }
     }
@@ -181,6 +188,7 @@ impl Handle {
     pub fn is_kernel_mount(&self) -> bool {
         self.volume.source.is_kernel_mount()
     }
+
 }
 
 /// Which mounts at the mountpoint are this volume's.
@@ -231,7 +239,51 @@ struct Task {
     ctx: Context,
     status: SharedStatus,
     table: watch::Receiver<Arc<MountTable>>,
-    stop: oneshot::Receiver<Deadlines>,
+    stop: Stop,
+}
+
+/// The request to take the volume down: received once, then remembered, so every
+/// step (a mount helper, a wait, a backoff) can see it.
+struct Stop {
+    rx: Option<oneshot::Receiver<Deadlines>>,
+    got: Option<Deadlines>,
+}
+
+impl Stop {
+    fn new(rx: oneshot::Receiver<Deadlines>) -> Stop {
+        Stop { rx: Some(rx), got: None }
+    }
+
+    /// Resolves once a stop is requested (at once if it was already). Cancel-safe.
+    async fn recv(&mut self) -> Deadlines {
+        if let Some(deadlines) = self.got {
+            return deadlines;
+        }
+        let deadlines = match self.rx.as_mut() {
+            Some(rx) => rx.await.unwrap_or_else(|_| supervisor_gone()),
+            None => std::future::pending().await,
+        };
+        self.rx = None;
+        self.got = Some(deadlines);
+        deadlines
+    }
+
+    /// The stop, if one was requested by now.
+    fn requested(&mut self) -> Option<Deadlines> {
+        if self.got.is_none() {
+            if let Some(rx) = self.rx.as_mut() {
+                match rx.try_recv() {
+                    Ok(deadlines) => self.got = Some(deadlines),
+                    Err(oneshot::error::TryRecvError::Closed) => self.got = Some(supervisor_gone()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                if self.got.is_some() {
+                    self.rx = None;
+                }
+            }
+        }
+        self.got
+    }
 }
 
 /// How one start of the volume ended.
@@ -326,7 +378,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return self.teardown(Keeper::Kernel, stop_or_now(deadlines)).await,
+                deadlines = self.stop.recv() => return self.teardown(Keeper::Kernel, deadlines).await,
                 _ = sleep(delay) => {}
             }
         }
@@ -375,6 +427,13 @@ impl Task {
         let mut keeper = match self.start(&env, &secrets).await {
             Ok(keeper) => keeper,
             Err(message) => {
+                if let Some(deadlines) = self.stop.requested() {
+                    // Its helpers are killed and gone; whatever one of them mounted
+                    // before it died is taken down like any other mount.
+                    info!(%message, "stopped while mounting");
+                    self.teardown(Keeper::Kernel, deadlines).await;
+                    return Served::Stopped;
+                }
                 self.fail(message);
                 return Served::Failed { stable: false };
             }
@@ -385,6 +444,11 @@ impl Task {
         let mount_id = match self.await_mount(&mut keeper).await {
             Event::Mounted(id) => id,
             Event::Stop(deadlines) => {
+                // Not bound to the mountpoint yet: no app wrote through it, nothing
+                // to flush, so the daemon is told to go now rather than at `busy`.
+                if let Keeper::Daemon(daemon) = &keeper {
+                    daemon.signal(Signal::SIGTERM);
+                }
                 self.teardown(keeper, deadlines).await;
                 return Served::Stopped;
             }
@@ -488,14 +552,24 @@ impl Task {
         Ok(Keeper::Daemon(Box::new(daemon)))
     }
 
+    /// Runs a mount helper; a stop kills it (see `run_helper`), and once a stop is
+    /// requested no helper starts.
     async fn helper(
-        &self,
+        &mut self,
         argv: Vec<String>,
         env: &BTreeMap<String, String>,
         secrets: &[String],
     ) -> Result<String, HelperError> {
+        if self.stop.requested().is_some() {
+            return Err(HelperError::Stopped { command: argv.join(" ") });
+        }
         debug!(command = %argv.join(" "), "running");
-        run_helper(&self.ctx.children, &argv, env, secrets, self.ctx.mount_timeout).await
+        let children = self.ctx.children.clone();
+        let stop = &mut self.stop;
+        run_helper(&children, &argv, env, secrets, self.ctx.mount_timeout, async move {
+            stop.recv().await;
+        })
+        .await
     }
 
     async fn mount_zfs(
@@ -556,8 +630,9 @@ impl Task {
         self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
     }
 
-    async fn warn_on_zfs_version_mismatch(&self) {
-        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &self.volume.env, &[]).await {
+    async fn warn_on_zfs_version_mismatch(&mut self) {
+        let env = self.volume.env.clone();
+        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &env, &[]).await {
             Ok(output) => {
                 if let Some((user, kmod)) = zfs::version_mismatch(&output) {
                     warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
@@ -585,6 +660,9 @@ impl Task {
                 if !self.has_daemon() {
                     return Event::Mounted(id);
                 }
+                if let Some(deadlines) = self.stop.requested() {
+                    return Event::Stop(deadlines);
+                }
                 return match self.attach().await {
                     Ok(id) => Event::Mounted(id),
                     Err(message) => Event::Unattached(message),
@@ -593,7 +671,7 @@ impl Task {
             // A kernel mount is done when its helper returns: the event is on its way.
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => {
                     let _ = self.table.borrow_and_update();
                     return Event::Exited(status);
@@ -612,7 +690,7 @@ impl Task {
         loop {
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => return Event::Exited(status),
                 changed = self.table.changed() => {
                     if changed.is_err() {
@@ -935,6 +1013,11 @@ impl Task {
                 }
             };
             info!(pid, status = %describe_exit(&status), "daemon exited");
+            // A daemon that was killed, or never bound, may have left its mount at the
+            // stage: private, but it goes too.
+            if let Err(message) = self.release_stage(true).await {
+                error!(%message, "the staged mount could not be removed");
+            }
         }
         self.set(|s| {
             s.phase = Phase::Stopped;
@@ -953,9 +1036,9 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
 }
 
-fn stop_or_now(received: Result<Deadlines, oneshot::error::RecvError>) -> Deadlines {
-    // A dropped handle means the supervisor is gone: take the volume down quickly.
-    received.unwrap_or_else(|_| Deadlines::within(Duration::from_secs(5)))
+/// A dropped handle means the supervisor is gone: take the volume down quickly.
+fn supervisor_gone() -> Deadlines {
+    Deadlines::within(Duration::from_secs(5))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1062,6 +1145,23 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(10), BACKOFF_CAP);
         assert_eq!(backoff(200), BACKOFF_CAP);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stop_is_seen_by_every_later_step() {
+        let (tx, rx) = oneshot::channel();
+        let mut stop = Stop::new(rx);
+        assert!(stop.requested().is_none());
+        let deadlines = Deadlines::within(Duration::from_secs(4));
+        tx.send(deadlines).unwrap();
+        assert_eq!(stop.requested().map(|d| d.last), Some(deadlines.last));
+        // Received once, it stays: awaiting again returns at once instead of panicking.
+        assert_eq!(stop.recv().await.last, deadlines.last);
+        assert_eq!(stop.recv().await.last, deadlines.last);
+        // A supervisor that is gone is a stop too.
+        let (tx, rx) = oneshot::channel::<Deadlines>();
+        drop(tx);
+        assert!(Stop::new(rx).requested().is_some());
     }
 
     #[test]
