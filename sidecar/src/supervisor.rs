@@ -56,8 +56,10 @@ pub enum RunError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot set up {what}: {source}")]
     Setup { what: &'static str, source: std::io::Error },
-    #[error("shutdown cut short: {0} still mounted at the deadline")]
+    #[error("shutdown cut short: {0} not taken down by the deadline; the log says what was still running")]
     CutShort(String),
+    #[error("shutdown left mounts of its own ({0}): the kubelet cannot remove the pod volume while they are there, and would empty a block or zfs one; the log says why each stayed")]
+    LeftMounted(String),
 }
 
 impl RunError {
@@ -65,7 +67,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::InvalidSpec(_) => 64,
-            RunError::CutShort(_) => 1,
+            RunError::CutShort(_) | RunError::LeftMounted(_) => 1,
             _ => 78,
         }
     }
@@ -361,6 +363,7 @@ impl Supervisor {
         let mut handles: Vec<(u64, Handle)> = std::mem::take(&mut self.volumes).into_values().collect();
         handles.sort_by_key(|(seq, h)| (!h.is_kernel_mount(), std::cmp::Reverse(*seq)));
         let names: Vec<String> = handles.iter().map(|(_, h)| h.volume.name.clone()).collect();
+        let owned: Vec<_> = handles.iter().map(|(_, h)| h.owned()).collect();
         let statuses: Vec<_> = handles.iter().map(|(_, h)| h.status.clone()).collect();
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
         for group in [kernel, fuse] {
@@ -383,7 +386,15 @@ impl Supervisor {
             // Nothing is mounted under it any more; it goes with the container anyway.
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
         }
-        if left.is_empty() {
+        // The last word is the mount table's, not the tasks': exit 0 only with
+        // nothing of ours left at any mountpoint.
+        let mounted = match MountTable::read_self() {
+            Ok(table) => crate::volume::leftovers(&table, &owned),
+            Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
+        };
+        if !mounted.is_empty() {
+            Err(RunError::LeftMounted(mounted.join("; ")))
+        } else if left.is_empty() {
             info!("every volume is down");
             Ok(())
         } else {

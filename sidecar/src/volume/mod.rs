@@ -35,8 +35,14 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// How often a busy mount is tried again while shutting down.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
-/// More layers than this at one mountpoint is not sidemount's doing.
+/// The most layers of a volume at its mountpoint. A repair covers the dead mount
+/// with the new one (an app that captured the dead one sees only mounts made on
+/// top of it), so each adds a layer; past this many, the topmost dead layer is
+/// detached instead of covered.
 const MAX_LAYERS: usize = 64;
+/// Unmount loops end after this many turns that reported success but left the
+/// count of mounts where it was.
+const STALLS: u32 = 3;
 /// After a second signal, how long a signalled daemon gets to flush and exit.
 const HURRY_GRACE: Duration = Duration::from_secs(1);
 /// How long a daemon whose mount is gone gets to exit on its own.
@@ -189,6 +195,40 @@ impl Handle {
         self.volume.source.is_kernel_mount()
     }
 
+    /// Where the volume mounts, and which mounts there are its own: what the
+    /// shutdown checks is gone once the task has stopped.
+    pub fn owned(&self) -> Owned {
+        let mountpoint = self.status.lock().expect("status lock").mountpoint.clone();
+        Owned { name: self.volume.name.clone(), mountpoint, matcher: Matcher::for_volume(&self.volume.source) }
+    }
+}
+
+/// A volume's mountpoint and what of it is the volume's (see [`Handle::owned`]).
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub name: String,
+    pub mountpoint: PathBuf,
+    pub matcher: Matcher,
+}
+
+/// What the volumes still have mounted at their mountpoints, one line per volume
+/// (`data: 2 fuse.bindfs mounts at /sidemount/data`); empty when nothing is left.
+pub fn leftovers(table: &MountTable, volumes: &[Owned]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter_map(|v| {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for m in table.mounts.iter().filter(|m| m.mount_point == v.mountpoint && v.matcher.matches(m)) {
+                *kinds.entry(m.fs_type.as_str()).or_default() += 1;
+            }
+            if kinds.is_empty() {
+                return None;
+            }
+            let what: Vec<String> =
+                kinds.iter().map(|(fs, n)| format!("{n} {fs} mount{}", if *n == 1 { "" } else { "s" })).collect();
+            Some(format!("{}: {} at {}", v.name, what.join(", "), v.mountpoint.display()))
+        })
+        .collect()
 }
 
 /// Which mounts at the mountpoint are this volume's.
@@ -283,6 +323,33 @@ impl Stop {
             }
         }
         self.got
+    }
+}
+
+/// Counts the turns of an unmount loop that claimed success and removed nothing.
+#[derive(Default)]
+struct Progress {
+    last: Option<usize>,
+    claimed: bool,
+    stalls: u32,
+}
+
+impl Progress {
+    /// Called at the top of each turn with the mounts left: true once the loop has
+    /// stalled, i.e. the kernel keeps saying yes and nothing goes.
+    fn stalled(&mut self, left: usize) -> bool {
+        match self.last {
+            Some(last) if self.claimed && left >= last => self.stalls += 1,
+            Some(last) if left < last => self.stalls = 0,
+            _ => {}
+        }
+        self.last = Some(left);
+        self.claimed = false;
+        self.stalls >= STALLS
+    }
+
+    fn unmounted(&mut self) {
+        self.claimed = true;
     }
 }
 
@@ -798,10 +865,15 @@ impl Task {
     /// aborted and detached. The stage is private: nothing propagates from it.
     async fn release_stage(&self, abort: bool) -> Result<(), String> {
         let stage = self.stage_path();
-        for _ in 0..MAX_LAYERS {
+        let mut progress = Progress::default();
+        loop {
             let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
-            if !table.is_mount_point(&stage) {
+            let left = table.mounts.iter().filter(|m| m.mount_point == stage).count();
+            if left == 0 {
                 return Ok(());
+            }
+            if progress.stalled(left) {
+                return Err(format!("the mounts at the staging directory {} would not go away", stage.display()));
             }
             let how = if abort { Unmount::Abort } else { Unmount::Clean };
             match self.unmount_at(&stage, how).await {
@@ -812,8 +884,43 @@ impl Task {
                     .await
                     .map_err(|e| format!("cannot unmount the staging directory {}: {e}", stage.display()))?,
             }
+            progress.unmounted();
         }
-        Err(format!("too many mounts at the staging directory {}", stage.display()))
+    }
+
+    /// Keeps the layers at the mountpoint below MAX_LAYERS before a bind adds one:
+    /// the topmost layers of this volume are detached (lazily: files open on them
+    /// stay usable) until there is room. The pod volume's own bind, at the bottom,
+    /// is never touched.
+    ///
+    /// Why the topmost: no container can be shown not to have captured a layer (the
+    /// runtime binds whatever is on top when it starts one), and a layer that is
+    /// taken away strands whoever captured it. The most recent layer was on top for
+    /// the shortest time, while the bottom ones hold the apps started with the pod,
+    /// which keep receiving every repair.
+    async fn trim_layers(&self) -> Result<(), String> {
+        let mut progress = Progress::default();
+        loop {
+            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            let stack = table.stack_at(&self.mountpoint);
+            let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
+            let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
+            if ours < MAX_LAYERS || stack.len() < 2 || !top_is_ours {
+                return Ok(());
+            }
+            if progress.stalled(stack.len()) {
+                return Err("the layers at the mountpoint would not go away".into());
+            }
+            self.unmount(Unmount::Detach)
+                .await
+                .map_err(|e| format!("cannot detach the topmost of {ours} layers at the mountpoint: {e}"))?;
+            progress.unmounted();
+            warn!(
+                layers = ours,
+                max = MAX_LAYERS,
+                "too many layers at the mountpoint: detached the topmost instead of covering it; an app container that started while it was on top reads ENOTCONN until it restarts"
+            );
+        }
     }
 
     /// Binds the daemon's mount from the stage onto the mountpoint, on top of
@@ -827,6 +934,7 @@ impl Task {
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
+        self.trim_layers().await?;
         if let Source::Fuse { .. } = self.volume.source {
             self.apply_options(&stage).await?;
         }
@@ -931,10 +1039,12 @@ impl Task {
             Keeper::Kernel => Instant::now(),
             Keeper::Daemon(_) => deadlines.busy,
         };
-        // Every layer: a repaired FUSE volume has the dead mounts it covered below its own.
+        // Every layer: a repaired FUSE volume has the dead mounts it covered below its
+        // own, and an earlier instance may have left any number. The loop ends when
+        // none is left, when unmounting stops making progress, or at `last`.
         let mut layers = 0;
-        // Bounded by layers, not by tries: a busy mount is tried again until `busy`.
-        while layers < MAX_LAYERS {
+        let mut progress = Progress::default();
+        loop {
             let table = match MountTable::read_self() {
                 Ok(table) => table,
                 Err(err) => {
@@ -949,12 +1059,21 @@ impl Task {
                 debug!(layers, "no layer left at the mountpoint");
                 break;
             }
+            if progress.stalled(table.mounts.iter().filter(|m| m.mount_point == self.mountpoint).count()) {
+                error!(left = ours, "unmounting makes no progress: layers stay at the mountpoint");
+                break;
+            }
+            if Instant::now() >= deadlines.last {
+                error!(left = ours, "shutdown deadline reached: layers stay at the mountpoint");
+                break;
+            }
             match self.unmount(Unmount::Clean).await {
                 Ok(()) => layers += 1,
                 Err(UnmountError::Refused(Errno::EBUSY)) if Instant::now() < busy && !*self.ctx.hurry.borrow() => {
                     debug!("busy; trying again");
                     let retry = Instant::now() + BUSY_RETRY.min(busy.saturating_duration_since(Instant::now()));
                     self.until(retry, Duration::ZERO).await;
+                    continue;
                 }
                 Err(UnmountError::Refused(Errno::EBUSY)) => match self.unmount(Unmount::Detach).await {
                     Ok(()) => {
@@ -967,8 +1086,9 @@ impl Task {
                     }
                 },
                 Err(UnmountError::Refused(errno @ (Errno::EINVAL | Errno::ENOENT))) => {
-                    debug!(%errno, "nothing more to unmount");
-                    break;
+                    // Gone meanwhile, or not unmountable: the next turn reads the table again,
+                    // and the progress guard ends a loop that keeps getting this.
+                    debug!(%errno, "nothing unmounted");
                 }
                 Err(err) => {
                     warn!(%err, "clean unmount impossible: aborting and detaching");
@@ -979,6 +1099,7 @@ impl Task {
                     layers += 1;
                 }
             }
+            progress.unmounted();
         }
         if layers > 0 {
             info!(layers, "unmounted");
@@ -1145,6 +1266,61 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(10), BACKOFF_CAP);
         assert_eq!(backoff(200), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn leftovers_name_each_volume_with_mounts_of_its_own() {
+        let text = "1400 1390 0:120 / / rw master:1 - overlay overlay rw\n\
+                    1501 1400 0:140 / /sidemount/data rw shared:430 - tmpfs tmpfs rw\n\
+                    1601 1501 0:141 / /sidemount/data rw shared:431 - fuse.bindfs bindfs rw\n\
+                    1602 1601 0:142 / /sidemount/data rw shared:432 - fuse.bindfs bindfs rw\n\
+                    1502 1400 0:143 / /sidemount/disk rw shared:433 - tmpfs tmpfs rw\n\
+                    1603 1502 7:3 / /sidemount/disk rw shared:434 - ext4 /dev/loop3 rw\n\
+                    1504 1400 0:144 / /sidemount/clean rw shared:435 - tmpfs tmpfs rw\n";
+        let table = MountTable::parse(text.as_bytes()).unwrap();
+        let owned = |name: &str, matcher: Matcher| Owned {
+            name: name.into(),
+            mountpoint: Path::new("/sidemount").join(name),
+            matcher,
+        };
+        let volumes = [
+            owned("data", Matcher::Fuse),
+            owned("disk", Matcher::Source("/dev/loop3".into())),
+            owned("clean", Matcher::Fuse),
+        ];
+        assert_eq!(
+            leftovers(&table, &volumes),
+            [
+                "data: 2 fuse.bindfs mounts at /sidemount/data".to_string(),
+                "disk: 1 ext4 mount at /sidemount/disk".to_string(),
+            ]
+        );
+        // The pod volume's own bind is not the volume's: nothing left.
+        assert!(leftovers(&table, &[owned("disk", Matcher::Source("/dev/loop9".into()))]).is_empty());
+    }
+
+    #[test]
+    fn unmount_loops_end_when_nothing_goes() {
+        let mut p = Progress::default();
+        // Each claimed unmount takes one away: never stalled, however many there are.
+        for left in (1..=500).rev() {
+            assert!(!p.stalled(left));
+            p.unmounted();
+        }
+        // Busy turns (nothing claimed) are not stalls: the deadline bounds them.
+        let mut p = Progress::default();
+        for _ in 0..100 {
+            assert!(!p.stalled(7));
+        }
+        // Claimed, and the count stays: STALLS such turns, and the next check ends the loop.
+        let turns = (0..10)
+            .take_while(|_| {
+                let stalled = p.stalled(7);
+                p.unmounted();
+                !stalled
+            })
+            .count();
+        assert_eq!(turns, STALLS as usize);
     }
 
     #[tokio::test(flavor = "current_thread")]
