@@ -708,7 +708,10 @@ mod tests {
         let argv: Vec<String> = ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' o; echo 'mkfs: error one' >&2; head -c 5000000 /dev/zero | tr '\\0' e >&2; echo >&2; echo 'mkfs: bad pass s3cr3t' >&2; exit 1"]
             .map(String::from)
             .to_vec();
-        let err = run_helper(&children, &argv, &BTreeMap::new(), &["s3cr3t".to_string()], limit, std::future::pending()).await.unwrap_err();
+        let err =
+            run_helper(&children, &argv, &BTreeMap::new(), &["s3cr3t".to_string()], limit, std::future::pending())
+                .await
+                .unwrap_err();
         let HelperError::Failed { code, stderr: Some(stderr), .. } = &err else { panic!("{err}") };
         assert_eq!(*code, Some(1));
         let long = format!("{}…", "e".repeat(TAIL_LINE_BYTES));

@@ -692,7 +692,9 @@ impl Supervisor {
             .keys()
             .filter_map(|name| {
                 let running = self.volumes.get(name).map(|(_, h)| h.status.clone());
-                running.or_else(|| self.refused.get(name).or_else(|| self.stopping_status.get(name).map(|(s, _)| s)).cloned())
+                running.or_else(|| {
+                    self.refused.get(name).or_else(|| self.stopping_status.get(name).map(|(s, _)| s)).cloned()
+                })
             })
             .collect();
         self.registry.set_volumes(statuses);
@@ -747,7 +749,8 @@ impl Supervisor {
         };
         let unflushed = self.ctx.unflushed.take();
         if !unflushed.is_empty() {
-            let also = if mounted.is_empty() { String::new() } else { format!("; still mounted: {}", mounted.join("; ")) };
+            let also =
+                if mounted.is_empty() { String::new() } else { format!("; still mounted: {}", mounted.join("; ")) };
             return Err(RunError::Unflushed(format!("{}{also}", unflushed.join("; "))));
         }
         if !mounted.is_empty() {
