@@ -444,12 +444,16 @@ fn probe_follows_readiness() {
     assert_eq!(live, 0, "probe --live failed although the supervisor is alive");
 }
 
-/// Test 12: 50 volumes come up together: each daemon takes DELAY to start, and all 50
-/// were started within less than DELAY of each other (one after another would take 50x).
+/// Test 12: 50 volumes come up together: each daemon takes DELAY to start. Started one
+/// after another, each once the one before had mounted, they would spread over
+/// (N - 1) x DELAY = 49 s; all 50 must start within SPREAD of each other. SPREAD is
+/// not a speed target (a loaded 2-core machine was seen to take up to 3.3 s to spawn
+/// 50 daemons); it fails when even five of them waited for one another.
 #[test]
 fn fifty_volumes_are_started_concurrently() {
     const N: usize = 50;
     const DELAY: f64 = 1.0;
+    const SPREAD: f64 = 5.0 * DELAY;
     let names: Vec<String> = (0..N).map(|i| format!("v{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let pod = Pod::new(&refs);
@@ -502,8 +506,8 @@ fn fifty_volumes_are_started_concurrently() {
     let window = last - first;
     eprintln!("{N} daemons started within {window:.3} s");
     assert!(
-        window < DELAY,
-        "the {N} daemons were started over {window:.3} s, more than one daemon's startup delay ({DELAY} s): \
+        window < SPREAD,
+        "the {N} daemons were started over {window:.3} s, more than five daemons' startup delay ({SPREAD} s): \
          they were not launched concurrently"
     );
 }
