@@ -10,6 +10,7 @@
 pub mod flexvolume;
 pub mod krm;
 pub mod manifest;
+pub mod owner;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
@@ -127,6 +128,9 @@ pub enum InjectError {
     NameTaken { what: &'static str, name: String },
     #[error("{field}: must be {expected}")]
     Malformed { field: String, expected: &'static str },
+    /// Two containers that mount one volume run as different users or groups.
+    #[error("{0}")]
+    Owners(Box<owner::Conflict>),
 }
 
 /// Injects the sidecar into a pod, or a workload's pod template: `template`
@@ -178,7 +182,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     if !problems.is_empty() {
         return Err(InjectError::Volumes(Invalid(problems)));
     }
-    let served: Vec<RawVolume> =
+    let mut served: Vec<RawVolume> =
         requested.into_iter().map(|(_, raw)| raw).chain(converted.into_iter().map(|c| c.raw)).collect();
     if served.is_empty() {
         return Err(InjectError::NoVolumes);
@@ -223,6 +227,8 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     }
 
+    let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
+    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
     let sidecar = sidecar(&served, &secret_mounts, mode, resources, config);
     let into = match mode {
         Mode::Native => &mut init_containers,
@@ -684,6 +690,40 @@ mod tests {
         let specs: Vec<RawVolume> = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
         assert_eq!(specs[0].secret_dir.as_deref(), Some(std::path::Path::new("/etc/sidemount/secrets/ofs")));
         assert_eq!(specs[0].secret_name, None);
+    }
+
+    #[test]
+    fn a_non_root_app_gives_its_volume_its_user_and_group() {
+        let spec = "- {name: data, type: objectivefs, filesystem: s3://b}\n- {name: logs, type: fuse, command: [x, '{mountpoint}'], uid: 7}";
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: spec }),
+            json!({
+                "securityContext": { "runAsUser": 1000, "fsGroup": 2000 },
+                "containers": [app(json!([{ "name": "data", "mountPath": "/data" }, { "name": "logs", "mountPath": "/logs" }]))],
+            }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let env = &out["spec"]["initContainers"][0]["env"][0]["value"];
+        let specs: Vec<RawVolume> = serde_json::from_str(env.as_str().unwrap()).unwrap();
+        assert_eq!((specs[0].uid, specs[0].gid), (Some(1000), Some(2000)));
+        assert_eq!((specs[1].uid, specs[1].gid), (Some(7), Some(2000)), "the annotation's own uid wins");
+        // The sidecar itself stays root: it mounts.
+        assert!(out["spec"]["initContainers"][0]["securityContext"].get("runAsUser").is_none());
+
+        let two = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "containers": [
+                { "name": "a", "image": "x", "securityContext": { "runAsUser": 1 }, "volumeMounts": [{ "name": "data", "mountPath": "/d" }] },
+                { "name": "b", "image": "x", "securityContext": { "runAsUser": 2 }, "volumeMounts": [{ "name": "data", "mountPath": "/d" }] },
+            ] }),
+        );
+        let err = inject(&two, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "sidemount.io/volumes: volume \"data\": the containers a (runAsUser 1) and b (runAsUser 2)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
