@@ -29,7 +29,10 @@ pub const VOLUMES_ANNOTATION: &str = "sidemount.io/volumes";
 pub const INJECTED_ANNOTATION: &str = "sidemount.io/injected";
 /// `native` or `legacy`: where the sidecar goes for this pod.
 pub const MODE_ANNOTATION: &str = "sidemount.io/mode";
-/// `"true"`: turn `altalang/ofs` FlexVolumes into sidemount `objectivefs` volumes.
+/// The label the webhook selects pods by (its objectSelector): `"true"` opts in.
+pub const INJECT_LABEL: &str = "sidemount.io/inject";
+/// `"true"`: turn `altalang/ofs` FlexVolumes into sidemount `objectivefs` volumes
+/// (the default on a pod labelled `sidemount.io/inject: "true"`).
 pub const CONVERT_FLEXVOLUME_ANNOTATION: &str = "sidemount.io/convert-flexvolume";
 /// The pod's `terminationGracePeriodSeconds` before injection raised it (`unset` if it had none).
 pub const ORIGINAL_GRACE_ANNOTATION: &str = "sidemount.io/original-termination-grace-period";
@@ -142,7 +145,11 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
     let volumes_text = annotations.get(VOLUMES_ANNOTATION)?;
     let convert = match annotations.get(CONVERT_FLEXVOLUME_ANNOTATION)? {
-        None | Some("false") => false,
+        // A pod with the driver's FlexVolumes that opted in with the webhook's label
+        // needs nothing more: the label is what brings it to the webhook, and an
+        // annotation alone never does.
+        None => has_inject_label(template) && has_driver_flexvolume(template),
+        Some("false") => false,
         Some("true") => true,
         Some(other) => {
             return Err(InjectError::Flag { annotation: CONVERT_FLEXVOLUME_ANNOTATION, value: other.into() })
@@ -272,6 +279,21 @@ struct SecretMount {
     volume: String,
     /// The Secret's name.
     secret: String,
+}
+
+/// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
+fn has_inject_label(template: &Value) -> bool {
+    template.pointer("/metadata/labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+        == Some("true")
+}
+
+/// A FlexVolume of the `altalang/ofs` driver among the pod's volumes.
+fn has_driver_flexvolume(template: &Value) -> bool {
+    let volumes = template.pointer("/spec/volumes").and_then(Value::as_array);
+    volumes
+        .into_iter()
+        .flatten()
+        .any(|v| v.pointer("/flexVolume/driver").and_then(Value::as_str) == Some(flexvolume::DRIVER))
 }
 
 /// The annotations of a pod template, read as text.
@@ -724,6 +746,33 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_inject_label_alone_converts_flexvolumes() {
+        let flex =
+            json!({ "name": "v", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } });
+        let with = |labels: Value, annotations: Value| {
+            json!({ "metadata": { "name": "p", "labels": labels, "annotations": annotations },
+                    "spec": { "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex.clone()] } })
+        };
+        let out = injected(inject(&with(json!({ INJECT_LABEL: "true" }), json!({})), &config()).unwrap());
+        assert_eq!(out["spec"]["volumes"][0], json!({ "name": "v", "emptyDir": {} }));
+        // Without the label nothing asks for sidemount; "false" still says no.
+        assert_eq!(inject(&with(json!({}), json!({})), &config()).unwrap(), Outcome::NotRequested);
+        assert_eq!(
+            inject(&with(json!({ INJECT_LABEL: "false" }), Value::Null), &config()).unwrap(),
+            Outcome::NotRequested
+        );
+        let no = with(json!({ INJECT_LABEL: "true" }), json!({ CONVERT_FLEXVOLUME_ANNOTATION: "false" }));
+        assert_eq!(inject(&no, &config()).unwrap(), Outcome::NotRequested);
+        // A labelled pod with neither the driver's FlexVolume nor volumes asks for nothing, as before.
+        let nothing =
+            json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } }, "spec": { "containers": [] } });
+        assert_eq!(inject(&nothing, &config()).unwrap(), Outcome::NotRequested);
+        let other = json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } },
+                            "spec": { "containers": [], "volumes": [{ "name": "n", "flexVolume": { "driver": "other/nfs" } }] } });
+        assert_eq!(inject(&other, &config()).unwrap(), Outcome::NotRequested);
     }
 
     #[test]
