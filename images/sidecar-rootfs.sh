@@ -109,6 +109,21 @@ done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 
+# What the image holds, for SBOM and vulnerability scanners (syft, trivy): the
+# Debian package of every file copied, one status file each, as distroless images
+# record theirs (/var/lib/dpkg/status.d/). No dpkg reads them: there is none.
+mkdir -p "$root/var/lib/dpkg/status.d"
+{
+  cat "$lists"/*
+  cat "$lists"/* | while read -r f; do
+    # Merged /usr: a package may own either spelling of the path.
+    case $f in /usr/bin/* | /usr/sbin/* | /usr/lib/* | /usr/lib64/*) echo "${f#/usr}" ;; /bin/* | /sbin/* | /lib/* | /lib64/*) echo "/usr$f" ;; esac
+  done
+} | sort -u | xargs -r dpkg -S 2>/dev/null | sed 's/: .*//; s/, /\n/g' | tr ',' '\n' | sed 's/^ *//; s/:.*//' \
+  | { cat; echo ca-certificates; echo busybox; } | sort -u | while read -r pkg; do
+  [ -n "$pkg" ] && dpkg-query -s "$pkg" >"$root/var/lib/dpkg/status.d/$pkg"
+done
+
 # Every program loads with what is here: the loader finds each library in ROOT.
 loader=$(ldd "$busybox" 2>/dev/null | awk '$1 ~ /^\// {print $1}')
 [ -n "$loader" ] || loader=$(ldd "$(command -v mount)" | awk '$1 ~ /^\// {print $1}')
