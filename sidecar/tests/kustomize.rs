@@ -932,6 +932,11 @@ fn the_plain_component_builds_with_no_plugin_and_no_flag() {
     }
     // A user init container keeps its place after the sidecar.
     let deployment = rendered.iter().find(|o| id(o) == "apps/v1 Deployment /deployment").unwrap();
+    // The three patches (workloads, CronJob, Pod) add the same sidecar and volumes.
+    for object in rendered.iter().filter(|o| o["metadata"]["labels"]["sidemount.io/inject"] == "true") {
+        assert_eq!(pod_spec(object)["initContainers"][0], pod_spec(deployment)["initContainers"][0], "{}", id(object));
+        assert_eq!(pod_spec(object)["volumes"], pod_spec(deployment)["volumes"], "{}", id(object));
+    }
     let init: Vec<&str> = pod_spec(deployment)["initContainers"]
         .as_array()
         .unwrap()
