@@ -15,11 +15,15 @@ cargo build --workspace --all-targets --locked
 bash tests/e2e/kind/validate.sh
 if docker info >/dev/null 2>&1; then
   bash tests/container/run.sh
+  # The pod runner's unit tests, then the end-to-end cases from the kind suite's
+  # manifests, run with the kubelet's semantics on this engine (tests/podrunner).
+  PYTHONPATH=$here/tests "$here/.venv/bin/python" -m podrunner.cases
 elif [ -n "${CI:-}" ]; then
   echo "check: no Docker engine: the container tests need one (CI machines have it)" >&2
   exit 1
 else
-  echo "check: container tests skipped: no Docker engine here (install docker.io and run tests/container/run.sh)" >&2
+  echo "check: container tests and pod runner cases skipped: no Docker engine here (install docker.io and run tests/container/run.sh)" >&2
+  PYTHONPATH=$here/tests "$here/.venv/bin/python" -m podrunner.cases --unit-only
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

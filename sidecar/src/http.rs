@@ -23,6 +23,8 @@ pub struct Registry {
     config_error: Mutex<Option<String>>,
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
+    /// Connections closed at once because `MAX_CONNECTIONS` were open.
+    pub connections_refused: AtomicU64,
     sys: Arc<dyn Sys>,
     check_timeout: Duration,
 }
@@ -34,6 +36,7 @@ impl Registry {
             config_error: Mutex::new(None),
             reloads: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             sys,
             check_timeout,
         })
@@ -121,6 +124,12 @@ impl Registry {
         let _ = writeln!(out, "sidemount_config_reloads_total {}", self.reloads.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP sidemount_config_reload_errors_total spec changes refused\n# TYPE sidemount_config_reload_errors_total counter");
         let _ = writeln!(out, "sidemount_config_reload_errors_total {}", self.reload_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP sidemount_http_connections_refused_total connections closed at once because the endpoints' connection limit was reached\n# TYPE sidemount_http_connections_refused_total counter");
+        let _ = writeln!(
+            out,
+            "sidemount_http_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP sidemount_context_switches_total wakeups of every thread of the supervisor\n# TYPE sidemount_context_switches_total counter");
         let _ = writeln!(out, "sidemount_context_switches_total {}", crate::sys::context_switches());
         out
@@ -186,8 +195,31 @@ pub async fn route(registry: &Registry, method: &Method, path: &str) -> (StatusC
     }
 }
 
+/// How many connections the endpoints serve at once; one more is closed as soon
+/// as it is accepted. Probes and scrapes need a few; each open one costs a
+/// descriptor that a repair may need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may wait before its request is complete (and between
+/// requests on a kept-alive one) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the endpoints allow each client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connections: usize,
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { connections: MAX_CONNECTIONS, idle: IDLE_TIMEOUT }
+    }
+}
+
 /// Serves the endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, limits: Limits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -197,8 +229,19 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            registry.connections_refused.fetch_add(1, Ordering::Relaxed);
+            // Once a minute at most: the flood itself must not flood the log.
+            if last_warning.map_or(true, |at| at.elapsed() >= Duration::from_secs(60)) {
+                last_warning = Some(tokio::time::Instant::now());
+                tracing::warn!(limit = limits.connections, "too many connections to the endpoints: closing new ones");
+            }
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let registry = registry.clone();
                 async move {
@@ -213,7 +256,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(limits.idle)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(io, service)
                 .await;
@@ -307,5 +350,40 @@ mod tests {
     async fn no_volumes_is_ready() {
         let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
         assert_eq!(route(&registry, &Method::GET, "/readyz").await.0, StatusCode::OK);
+    }
+
+    /// Connects, then waits for the server to close: true when it did within `within`.
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_are_capped_and_idle_ones_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        let limits = Limits { connections: 4, idle: Duration::from_millis(700) };
+        let server = tokio::spawn(serve(listener, registry.clone(), limits));
+
+        // Four idle connections take every slot ...
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ... so a fifth is closed at once, and counted.
+        let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut fifth, Duration::from_millis(300)).await, "the fifth connection stayed open");
+        assert_eq!(registry.connections_refused.load(Ordering::Relaxed), 1);
+        assert!(registry.metrics().contains("sidemount_http_connections_refused_total 1"));
+        // The idle ones are closed after the idle timeout, which frees the slots.
+        for stream in &mut idle {
+            assert!(closed_by_server(stream, Duration::from_secs(3)).await, "an idle connection was never closed");
+        }
+        let answer = tokio::task::spawn_blocking(move || probe(addr, "/healthz", Duration::from_secs(2)));
+        assert_eq!(answer.await.unwrap().as_deref(), Ok("ok\n"));
+        server.abort();
     }
 }

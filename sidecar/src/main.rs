@@ -41,8 +41,8 @@ enum Command {
         /// Only ask whether the supervisor is alive.
         #[arg(long)]
         live: bool,
-        /// How long to wait for an answer.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        /// How long to wait for an answer (100ms to 10m).
+        #[arg(long, default_value = "5s", value_parser = parse_probe_timeout)]
         timeout: Duration,
     },
     /// Validate volume specs: one line per problem, naming the field.
@@ -80,6 +80,18 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
     }
 }
 
+/// The probe's deadline: a zero one cannot be set on a socket, and one longer
+/// than any kubelet probe timeout only hides a supervisor that does not answer.
+const PROBE_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
+
+fn parse_probe_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| format!("{e}: write e.g. 5s"))?;
+    if !PROBE_TIMEOUT.contains(&timeout) {
+        return Err(format!("must be from 100ms to 10m, e.g. 5s (got {text})"));
+    }
+    Ok(timeout)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::from_pairs(std::env::vars()) {
@@ -89,6 +101,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ENVIRONMENT);
         }
     };
+    for warning in &settings.warnings {
+        eprintln!("sidemount: warning: {warning}");
+    }
     match cli.command {
         Command::Run => run(settings),
         Command::Probe { live, timeout } => {

@@ -354,7 +354,12 @@ pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
                 );
                 None
             }
-            Some(cmd) => Some(Source::Fuse { command: cmd.clone() }),
+            Some(cmd) => {
+                if let Some(refusal) = crate::volume::flush::own_remote_control_refusal(cmd, &env) {
+                    problem("command", refusal);
+                }
+                Some(Source::Fuse { command: cmd.clone() })
+            }
         },
         Some("objectivefs") => match raw.filesystem.as_deref().map(str::trim) {
             None | Some("") => {
@@ -494,30 +499,52 @@ fn is_env_name(key: &str) -> bool {
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// What a missing or empty spec file means to [`read_sources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// At start, and while `SIDEMOUNT_CONFIG` has never existed: a missing
+    /// config path or an empty file is no spec at all (zero volumes).
+    Start,
+    /// Once the spec was there: a config path that is missing, a file that is
+    /// empty, is a write caught half-way (an editor's rename-and-write, a
+    /// ConfigMap's `..data` swap), not a wish to remove every volume.
+    Reload,
+}
+
 /// Reads the spec sources named by the settings: the config file, or every
 /// `*.yaml`/`*.yml`/`*.json` in the config directory (sorted), then the inline
-/// spec. A missing config path is no spec at all.
-pub fn read_sources(config: &Path, inline: Option<&str>) -> Result<Vec<SpecText>, Invalid> {
+/// spec. A spec file named there that cannot be read (a dangling link) is a
+/// problem; a missing config path or an empty file is one only on [`Reading::Reload`].
+pub fn read_sources(config: &Path, inline: Option<&str>, reading: Reading) -> Result<Vec<SpecText>, Invalid> {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
+    let problem =
+        |path: &Path, message: String| Problem { origin: path.display().to_string(), field: "volumes".into(), message };
     let read = |path: &Path, problems: &mut Vec<Problem>| match std::fs::read_to_string(path) {
+        Ok(text) if reading == Reading::Reload && text.trim().is_empty() => {
+            problems.push(problem(
+                path,
+                "the spec file is empty (a write may be under way); the running volumes stay; \
+                 write `volumes: []` to remove them all"
+                    .into(),
+            ));
+            None
+        }
         Ok(text) => Some(SpecText { origin: path.display().to_string(), text }),
         Err(e) => {
-            problems.push(Problem {
-                origin: path.display().to_string(),
-                field: "volumes".into(),
-                message: format!("cannot read the spec file: {e}"),
-            });
+            problems.push(problem(path, format!("cannot read the spec file: {e}")));
             None
         }
     };
     match std::fs::metadata(config) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => problems.push(Problem {
-            origin: config.display().to_string(),
-            field: "volumes".into(),
-            message: format!("cannot read SIDEMOUNT_CONFIG: {e}"),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && reading == Reading::Start => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(problem(
+            config,
+            "SIDEMOUNT_CONFIG is missing (a write may be under way); the running volumes stay; \
+             write `volumes: []` to it to remove them all"
+                .into(),
+        )),
+        Err(e) => problems.push(problem(config, format!("cannot read SIDEMOUNT_CONFIG: {e}"))),
         Ok(meta) if meta.is_dir() => {
             let mut files: BTreeSet<PathBuf> = BTreeSet::new();
             match std::fs::read_dir(config) {
@@ -533,16 +560,14 @@ pub fn read_sources(config: &Path, inline: Option<&str>) -> Result<Vec<SpecText>
                         }
                         let spec_ext =
                             matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
-                        if spec_ext && path.is_file() {
+                        // A dangling link is a spec file whose target is away (mid-swap):
+                        // read, it fails and says so; skipped, its volumes would go.
+                        if spec_ext && std::fs::metadata(&path).map_or(true, |m| m.is_file()) {
                             files.insert(path);
                         }
                     }
                 }
-                Err(e) => problems.push(Problem {
-                    origin: config.display().to_string(),
-                    field: "volumes".into(),
-                    message: format!("cannot list the spec directory: {e}"),
-                }),
+                Err(e) => problems.push(problem(config, format!("cannot list the spec directory: {e}"))),
             }
             sources.extend(files.iter().filter_map(|p| read(p, &mut problems)));
         }
@@ -687,9 +712,49 @@ volumes:
         std::fs::write(dir.path().join("a.yaml"), "- {name: a, type: zfs, dataset: p/a}").unwrap();
         std::fs::write(dir.path().join("c.json"), r#"[{"name":"c","type":"zfs","dataset":"p/c"}]"#).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not a spec").unwrap();
-        let sources = read_sources(dir.path(), Some("- {name: d, type: zfs, dataset: p/d}")).unwrap();
+        let sources = read_sources(dir.path(), Some("- {name: d, type: zfs, dataset: p/d}"), Reading::Start).unwrap();
         let names: Vec<_> = load(&sources).unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
-        assert!(read_sources(&dir.path().join("missing.yaml"), None).unwrap().is_empty());
+        assert!(read_sources(&dir.path().join("missing.yaml"), None, Reading::Start).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_spec_missing_for_a_moment_on_reload_is_refused_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("volumes.yaml");
+        // At start: the contract's "zero volumes, ready at once".
+        assert!(read_sources(&missing, None, Reading::Start).unwrap().is_empty());
+        let err = read_sources(&missing, Some("[]"), Reading::Reload).unwrap_err();
+        assert!(err.to_string().contains("SIDEMOUNT_CONFIG is missing"), "{err}");
+        assert!(err.to_string().contains("volumes: []"), "names the way to remove every volume: {err}");
+
+        // Empty: truncated, not yet written.
+        std::fs::write(&missing, "  \n").unwrap();
+        assert!(read_sources(&missing, None, Reading::Start).unwrap().iter().all(|s| s.text.trim().is_empty()));
+        let err = read_sources(&missing, None, Reading::Reload).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        std::fs::write(&missing, "volumes: []\n").unwrap();
+        assert_eq!(read_sources(&missing, None, Reading::Reload).unwrap().len(), 1);
+
+        // A ConfigMap directory mid-swap: the visible name links into `..data`, which is away.
+        let cm = dir.path().join("cm");
+        std::fs::create_dir(&cm).unwrap();
+        std::os::unix::fs::symlink("..data/volumes.yaml", cm.join("volumes.yaml")).unwrap();
+        for reading in [Reading::Start, Reading::Reload] {
+            let err = read_sources(&cm, None, reading).unwrap_err();
+            assert!(err.0[0].origin.ends_with("cm/volumes.yaml"), "{err}");
+            assert!(err.to_string().contains("cannot read the spec file"), "{err}");
+        }
+        std::fs::create_dir(cm.join("..v1")).unwrap();
+        std::fs::write(cm.join("..v1/volumes.yaml"), "- {name: a, type: zfs, dataset: p/a}").unwrap();
+        std::os::unix::fs::symlink("..v1", cm.join("..data")).unwrap();
+        let sources = read_sources(&cm, None, Reading::Reload).unwrap();
+        assert_eq!(load(&sources).unwrap()[0].name, "a");
+        // A directory with a spec's name is still no spec.
+        std::fs::create_dir(cm.join("sub.yaml")).unwrap();
+        assert_eq!(read_sources(&cm, None, Reading::Reload).unwrap().len(), 1);
+        // The directory itself gone.
+        std::fs::remove_file(cm.join("..data")).unwrap();
+        assert!(read_sources(&dir.path().join("gone"), None, Reading::Reload).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! It sleeps until something happens: the mount table is watched with `poll`
 //! on `/proc/self/mountinfo`, the spec with inotify, children with SIGCHLD.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -17,15 +17,16 @@ use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::Children;
 use crate::http::{self, Registry};
 use crate::mounts::MountTable;
 use crate::settings::Settings;
-use crate::spec::{self, Source, Volume};
+use crate::spec::{self, Reading, Source, Volume};
 use crate::sys::{self, Sys};
-use crate::volume::{block, objectivefs, zfs, Context, Deadlines, Handle};
+use crate::volume::{self, block, objectivefs, zfs, Context, Deadlines, Handle, Phase, SharedStatus, Status};
 
 /// Why `sidemount run` could not start; each names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub enum RunError {
     Setup { what: &'static str, source: std::io::Error },
     #[error("shutdown cut short: {0} still mounted at the deadline")]
     CutShort(String),
+    #[error("writes the app made were not all sent on before the daemons stopped: {0}")]
+    Unflushed(String),
 }
 
 impl RunError {
@@ -67,7 +70,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::InvalidSpec(_) => 64,
-            RunError::CutShort(_) => 1,
+            RunError::CutShort(_) | RunError::Unflushed(_) => 1,
             _ => 78,
         }
     }
@@ -82,7 +85,8 @@ pub struct Environment<'a> {
     /// For a mountpoint, or a block volume's device.
     pub path_exists: &'a dyn Fn(&Path) -> bool,
     pub find_program: &'a dyn Fn(&str) -> bool,
-    /// Whether an objectivefs volume's credentials are all there.
+    /// Whether a volume's secretDir can be read and holds only what a Secret may
+    /// set, and an objectivefs volume's credentials are all there.
     pub credentials: &'a dyn Fn(&Volume) -> Result<(), String>,
 }
 
@@ -146,7 +150,7 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
                 return Err(RunError::SecretNotMounted { volume, secret, dir });
             }
         }
-        if let Source::ObjectiveFs { .. } = volume.source {
+        if volume.secret_dir.is_some() || matches!(volume.source, Source::ObjectiveFs { .. }) {
             (env.credentials)(volume)
                 .map_err(|message| RunError::Credentials { volume: volume.name.clone(), message })?;
         }
@@ -154,12 +158,33 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
     Ok(())
 }
 
-/// Reads the specs named by the settings.
-pub fn load_specs(settings: &Settings) -> Result<Vec<Volume>, spec::Invalid> {
-    let sources = spec::read_sources(&settings.config, settings.volumes.as_deref())?;
-    let mut volumes = spec::load(&sources)?;
-    volumes.iter_mut().for_each(resolve_secret_name);
-    Ok(volumes)
+/// How long after a spec that could not be read (mid-write) it is read once
+/// more, in case the write finished without a further event.
+const REREAD_AFTER: Duration = Duration::from_secs(1);
+
+/// What reading and parsing the specs found.
+#[derive(Debug)]
+pub enum Loaded {
+    Volumes(Vec<Volume>),
+    /// A source is missing, empty or unreadable: most likely a write caught half-way.
+    Unreadable(spec::Invalid),
+    /// The sources were read, and they are not a valid spec.
+    Invalid(spec::Invalid),
+}
+
+/// Reads and parses the specs named by the settings. It can take a while (a
+/// large hostile spec): the supervisor runs it off its event loop.
+pub fn load_specs(config: &Path, inline: Option<&str>, reading: Reading) -> Loaded {
+    match spec::read_sources(config, inline, reading) {
+        Err(unreadable) => Loaded::Unreadable(unreadable),
+        Ok(sources) => match spec::load(&sources) {
+            Ok(mut volumes) => {
+                volumes.iter_mut().for_each(resolve_secret_name);
+                Loaded::Volumes(volumes)
+            }
+            Err(invalid) => Loaded::Invalid(invalid),
+        },
+    }
 }
 
 /// A spec read as the pod annotation is written (the kustomize component hands
@@ -187,7 +212,65 @@ pub fn missing_mountpoints(
     volumes.iter().map(|v| root.join(&v.name)).filter(|mp| !table.is_mount_point(mp) && !exists(mp)).collect()
 }
 
-fn check_environment(volumes: &[Volume], root: &Path, sys: &dyn Sys) -> Result<(), RunError> {
+/// What a reconcile does with each volume.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Running volumes that were removed or changed; a changed one starts
+    /// again once its old instance is down.
+    pub stop: BTreeSet<String>,
+    /// Wanted volumes to start: new, changed, or not running yet.
+    pub start: BTreeSet<String>,
+    /// Running volumes left as they are.
+    pub keep: BTreeSet<String>,
+}
+
+/// Decides a reconcile from what runs, what the latest valid spec wants and
+/// which of the volumes it would start preflight refused. A volume whose change
+/// is refused keeps running as it was: what works is not taken down for what
+/// cannot start.
+pub fn reconcile(
+    running: &BTreeMap<String, Volume>,
+    wanted: &BTreeMap<String, Volume>,
+    refused: &BTreeSet<String>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for (name, volume) in running {
+        match wanted.get(name) {
+            Some(new) if new == volume || refused.contains(name) => plan.keep.insert(name.clone()),
+            _ => plan.stop.insert(name.clone()),
+        };
+    }
+    plan.start = wanted.keys().filter(|n| !plan.keep.contains(*n) && !refused.contains(*n)).cloned().collect();
+    plan
+}
+
+/// What a finished read of the specs does: only a valid spec is reconciled;
+/// one that is invalid or could not be read keeps every running volume.
+pub fn plan_reload(running: &BTreeMap<String, Volume>, loaded: &Loaded, refused: &BTreeSet<String>) -> Plan {
+    match loaded {
+        Loaded::Volumes(volumes) => reconcile(running, &by_name(volumes), refused),
+        Loaded::Unreadable(_) | Loaded::Invalid(_) => {
+            Plan { keep: running.keys().cloned().collect(), ..Plan::default() }
+        }
+    }
+}
+
+fn by_name(volumes: &[Volume]) -> BTreeMap<String, Volume> {
+    volumes.iter().map(|v| (v.name.clone(), v.clone())).collect()
+}
+
+/// A deadline `by` after `at`. The duration settings are bounded, so this never
+/// overflows; were it to, the deadline would be `at`, not an abort.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or(at)
+}
+
+async fn check_environment(
+    volumes: &[Volume],
+    root: &Path,
+    sys: &dyn Sys,
+    check_timeout: Duration,
+) -> Result<(), RunError> {
     let table = MountTable::read_self().map_err(RunError::MountTable)?;
     let exists = |p: &Path| p.exists();
     for mountpoint in missing_mountpoints(volumes, root, &table, &exists) {
@@ -196,7 +279,14 @@ fn check_environment(volumes: &[Volume], root: &Path, sys: &dyn Sys) -> Result<(
             .map_err(|source| RunError::Setup { what: "a mountpoint under the shared SIDEMOUNT_ROOT", source })?;
     }
     let find = |program: &str| which::which(program).is_ok();
-    let credentials = |volume: &Volume| objectivefs::credentials(volume).map(|_| ());
+    // Read first, each under the check timeout: a secretDir on a hung filesystem
+    // is refused, it does not hang the supervisor.
+    let mut secrets = BTreeMap::new();
+    for volume in volumes.iter().filter(|v| v.secret_dir.is_some() || matches!(v.source, Source::ObjectiveFs { .. })) {
+        let read = volume::secrets_of(volume, check_timeout, &Default::default()).await;
+        secrets.insert(volume.name.clone(), read.map(|_| ()));
+    }
+    let credentials = |volume: &Volume| secrets.get(&volume.name).cloned().unwrap_or(Ok(()));
     let env = Environment {
         table: &table,
         has_cap_sys_admin: sys.has_cap_sys_admin(),
@@ -211,14 +301,29 @@ fn check_environment(volumes: &[Volume], root: &Path, sys: &dyn Sys) -> Result<(
 
 /// Runs the supervisor until SIGTERM or SIGINT.
 pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunError> {
-    let volumes = load_specs(&settings)?;
-    if !volumes.is_empty() {
-        settings.root = std::fs::canonicalize(&settings.root)
-            .map_err(|source| RunError::Root { root: settings.root.clone(), source })?;
-    }
-    check_environment(&volumes, &settings.root, sys.as_ref())?;
+    let config_seen = std::fs::metadata(&settings.config).is_ok();
+    let volumes = match load_specs(&settings.config, settings.volumes.as_deref(), Reading::Start) {
+        Loaded::Volumes(volumes) => volumes,
+        Loaded::Unreadable(invalid) | Loaded::Invalid(invalid) => return Err(invalid.into()),
+    };
+    // Mount tables name real paths: a root reached through a symlink is resolved
+    // whenever it exists (and when it appears, see `resolve_root`).
+    let root_resolved = match std::fs::canonicalize(&settings.root) {
+        Ok(root) => {
+            settings.root = root;
+            true
+        }
+        Err(source) if !volumes.is_empty() => return Err(RunError::Root { root: settings.root.clone(), source }),
+        Err(_) => false,
+    };
+    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout).await?;
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
+    }
+    match sys::raise_open_files_limit() {
+        Ok((before, now)) if before != now => debug!(before, now, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(err) => warn!(%err, "cannot raise the open-files limit"),
     }
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -241,16 +346,38 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         objectivefs_volumes: Default::default(),
         hurry: hurry_rx,
         stage: settings.stage.clone(),
+        unflushed: Default::default(),
     };
-    let mut supervisor =
-        Supervisor { settings, ctx, table, registry, volumes: BTreeMap::new(), next_seq: 0, stage_ready: false };
+    let mut supervisor = Supervisor {
+        settings,
+        ctx,
+        table,
+        registry,
+        volumes: BTreeMap::new(),
+        next_seq: 0,
+        stage_ready: false,
+        wanted: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        stopping: JoinSet::new(),
+        stopping_status: BTreeMap::new(),
+        root_resolved,
+        config_seen,
+        loading: None,
+        load_again: false,
+        reread_at: None,
+    };
     if volumes.iter().any(|v| !v.source.is_kernel_mount()) {
         supervisor.prepare_stage()?;
     }
     info!(volumes = volumes.len(), root = %supervisor.settings.root.display(), "starting");
-    supervisor.apply(volumes).await;
+    // Every volume passed preflight above.
+    supervisor.apply(Loaded::Volumes(volumes), BTreeMap::new());
     // Served only once every volume is registered: an empty registry reads as ready.
-    let http_task = tokio::spawn(http::serve(listener, supervisor.registry.clone()));
+    let limits = http::Limits::default();
+    let http_task = tokio::spawn(http::serve(listener, supervisor.registry.clone(), limits));
+    // Checks run beside the loop: a hung volume costs them up to twice the check
+    // timeout, which must not hold up a signal or a reload.
+    let checks = spawn_periodic_checks(supervisor.registry.clone(), supervisor.settings.check_interval);
 
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| RunError::Setup { what: "SIGTERM handling", source })?;
@@ -258,11 +385,11 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         signal(SignalKind::interrupt()).map_err(|source| RunError::Setup { what: "SIGINT handling", source })?;
     let mut sigchld =
         signal(SignalKind::child()).map_err(|source| RunError::Setup { what: "SIGCHLD handling", source })?;
-    let mut ticker = tokio::time::interval(supervisor.settings.check_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.reset();
 
+    // Nothing in this loop waits for a volume, a read or a parse: the shutdown
+    // budget starts at the first signal, whatever is going on.
     loop {
+        let reread_at = supervisor.reread_at;
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: unmounting every volume"); break; }
             _ = sigint.recv() => { info!("SIGINT: unmounting every volume"); break; }
@@ -271,10 +398,20 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
                     debug!(pid, "reaped an orphaned process");
                 }
             }
-            Some(()) = config_rx.recv() => supervisor.reload().await,
-            _ = ticker.tick() => { supervisor.registry.check_all().await; }
+            Some(()) = config_rx.recv() => supervisor.request_load(false),
+            _ = sleep_until(reread_at.unwrap_or_else(Instant::now)), if reread_at.is_some() => {
+                supervisor.reread_at = None;
+                supervisor.request_load(true);
+            }
+            (result, reread) = finished(&mut supervisor.loading), if supervisor.loading.is_some() => {
+                supervisor.on_loaded(result, reread);
+            }
+            Some(stopped) = supervisor.stopping.join_next(), if !supervisor.stopping.is_empty() => {
+                supervisor.on_stopped(stopped);
+            }
         }
     }
+    checks.abort();
 
     let budget = supervisor.settings.shutdown_timeout;
     let shutdown = supervisor.shutdown(budget);
@@ -293,6 +430,39 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     result
 }
 
+/// Checks every volume each `interval`, in its own task.
+fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.reset();
+        loop {
+            ticker.tick().await;
+            registry.check_all().await;
+        }
+    })
+}
+
+/// A finished load: the specs, whether the config path exists, and why
+/// preflight refused each of the volumes it would start that it refused.
+struct Load {
+    loaded: Loaded,
+    config_exists: bool,
+    refusals: BTreeMap<String, String>,
+}
+
+/// A load in flight; `true` when it is the re-read after an unreadable spec.
+type Loading = (tokio::task::JoinHandle<Load>, bool);
+
+/// The load in flight, once it is done.
+async fn finished(loading: &mut Option<Loading>) -> (Result<Load, tokio::task::JoinError>, bool) {
+    let Some((task, reread)) = loading.as_mut() else { return std::future::pending().await };
+    let reread = *reread;
+    let result = task.await;
+    *loading = None;
+    (result, reread)
+}
+
 struct Supervisor {
     settings: Settings,
     ctx: Context,
@@ -303,6 +473,24 @@ struct Supervisor {
     next_seq: u64,
     /// The private tmpfs where daemons mount is in place.
     stage_ready: bool,
+    /// The latest valid spec: the volumes that should run.
+    wanted: BTreeMap<String, Volume>,
+    /// Wanted volumes that preflight refused, shown as failed with the reason;
+    /// tried again on the next spec change.
+    refused: BTreeMap<String, SharedStatus>,
+    /// Volumes being taken down after a spec change, named by their task's result;
+    /// a changed one starts again when its old instance is down.
+    stopping: JoinSet<String>,
+    stopping_status: BTreeMap<String, SharedStatus>,
+    /// SIDEMOUNT_ROOT is resolved to its real path (it did not exist at start).
+    root_resolved: bool,
+    /// SIDEMOUNT_CONFIG has existed: from then on its absence is a write under way.
+    config_seen: bool,
+    loading: Option<Loading>,
+    /// A change came in while a load was in flight: load again after it.
+    load_again: bool,
+    /// When an unreadable spec is read once more.
+    reread_at: Option<Instant>,
 }
 
 impl Supervisor {
@@ -331,67 +519,221 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Brings the running volumes in line with `wanted`.
-    async fn apply(&mut self, wanted: Vec<Volume>) {
-        let wanted: BTreeMap<String, Volume> = wanted.into_iter().map(|v| (v.name.clone(), v)).collect();
-        let going: Vec<String> = self
-            .volumes
-            .iter()
-            .filter(|(name, (_, handle))| wanted.get(*name) != Some(&handle.volume))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut stopping = JoinSet::new();
-        for name in &going {
-            if let Some((_, handle)) = self.volumes.remove(name) {
-                let change = if wanted.contains_key(name) { "changed" } else { "removed" };
-                info!(volume = %name, change, "taking the volume down");
-                stopping.spawn(handle.stop(Deadlines::within(self.settings.shutdown_timeout)));
-            }
+    /// Resolves SIDEMOUNT_ROOT once it exists, if it did not at start.
+    fn resolve_root(&mut self) {
+        if self.root_resolved {
+            return;
         }
-        while stopping.join_next().await.is_some() {}
-        let objectivefs = wanted.values().filter(|v| matches!(v.source, Source::ObjectiveFs { .. })).count();
-        self.ctx.objectivefs_volumes.store(objectivefs, Ordering::Relaxed);
-        let mut refused = Vec::new();
-        for (name, volume) in wanted {
-            if self.volumes.contains_key(&name) {
-                continue;
-            }
-            if let Err(err) =
-                check_environment(std::slice::from_ref(&volume), &self.settings.root, self.ctx.sys.as_ref())
-            {
-                error!(volume = %name, "{err}");
-                refused.push(err.to_string());
-                continue;
-            }
-            let mountpoint = self.settings.mountpoint(&name);
-            let handle = Handle::start(volume, mountpoint, self.ctx.clone(), self.table.clone());
-            self.volumes.insert(name, (self.next_seq, handle));
-            self.next_seq += 1;
+        if let Ok(root) = std::fs::canonicalize(&self.settings.root) {
+            debug!(root = %root.display(), "SIDEMOUNT_ROOT is there now");
+            self.settings.root = root;
+            self.root_resolved = true;
         }
-        self.registry.set_volumes(self.volumes.values().map(|(_, h)| h.status.clone()).collect());
-        self.registry.set_config_error((!refused.is_empty()).then(|| refused.join("; ")));
     }
 
-    /// Re-reads the spec; an invalid one changes nothing.
-    async fn reload(&mut self) {
-        match load_specs(&self.settings) {
-            Ok(volumes) => {
-                let current: Vec<&Volume> = self.volumes.values().map(|(_, h)| &h.volume).collect();
-                let same = current.len() == volumes.len() && volumes.iter().all(|v| current.contains(&v));
-                if same && self.registry.config_error().is_none() {
-                    debug!("spec files changed, volumes did not");
-                    return;
+    /// Reads and parses the specs on a blocking thread, then preflights the
+    /// volumes that would start, in a task of its own; or, when a load is in
+    /// flight already, does it once more after that one.
+    fn request_load(&mut self, reread: bool) {
+        if self.loading.is_some() {
+            self.load_again = true;
+            return;
+        }
+        self.resolve_root();
+        let (config, inline) = (self.settings.config.clone(), self.settings.volumes.clone());
+        let reading = if self.config_seen { Reading::Reload } else { Reading::Start };
+        let (root, sys, check_timeout) =
+            (self.settings.root.clone(), self.ctx.sys.clone(), self.settings.check_timeout);
+        // What runs now: only a volume that would start needs a preflight.
+        let running: BTreeMap<String, Volume> =
+            self.volumes.iter().map(|(name, (_, handle))| (name.clone(), handle.volume.clone())).collect();
+        let task = tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                let loaded = load_specs(&config, inline.as_deref(), reading);
+                (loaded, std::fs::metadata(&config).is_ok())
+            });
+            let (loaded, config_exists) = read.await.unwrap_or_else(|err| {
+                let problem = spec::Problem {
+                    origin: "SIDEMOUNT_CONFIG".into(),
+                    field: "volumes".into(),
+                    message: format!("reading the spec failed: {err}"),
+                };
+                (Loaded::Unreadable(spec::Invalid(vec![problem])), false)
+            });
+            let mut refusals = BTreeMap::new();
+            if let Loaded::Volumes(volumes) = &loaded {
+                for volume in volumes.iter().filter(|v| running.get(&v.name) != Some(*v)) {
+                    let checked = check_environment(std::slice::from_ref(volume), &root, sys.as_ref(), check_timeout);
+                    if let Err(err) = checked.await {
+                        refusals.insert(volume.name.clone(), err.to_string());
+                    }
                 }
-                info!(volumes = volumes.len(), "spec changed: reconciling");
-                self.registry.reloads.fetch_add(1, Ordering::Relaxed);
-                self.apply(volumes).await;
             }
-            Err(invalid) => {
+            Load { loaded, config_exists, refusals }
+        });
+        self.loading = Some((task, reread));
+    }
+
+    /// Applies a finished load: a valid spec is reconciled; any other changes nothing.
+    fn on_loaded(&mut self, result: Result<Load, tokio::task::JoinError>, reread: bool) {
+        let (loaded, refusals) = match result {
+            Ok(Load { loaded, config_exists, refusals }) => {
+                if config_exists && matches!(loaded, Loaded::Volumes(_)) {
+                    self.config_seen = true;
+                }
+                (loaded, refusals)
+            }
+            Err(err) => {
+                let problem = spec::Problem {
+                    origin: self.settings.config.display().to_string(),
+                    field: "volumes".into(),
+                    message: format!("reading the spec failed: {err}"),
+                };
+                (Loaded::Unreadable(spec::Invalid(vec![problem])), BTreeMap::new())
+            }
+        };
+        match &loaded {
+            Loaded::Volumes(volumes) => {
+                let settled = self.refused.is_empty()
+                    && self.wanted.iter().all(|(name, volume)| {
+                        self.stopping_status.contains_key(name)
+                            || self.volumes.get(name).is_some_and(|(_, h)| h.volume == *volume)
+                    });
+                self.reread_at = None;
+                if settled && by_name(volumes) == self.wanted {
+                    debug!("spec files changed, volumes did not");
+                    self.registry.set_config_error(None);
+                } else {
+                    info!(volumes = volumes.len(), "spec changed: reconciling");
+                    self.registry.reloads.fetch_add(1, Ordering::Relaxed);
+                    self.apply(loaded, refusals);
+                }
+            }
+            Loaded::Unreadable(invalid) | Loaded::Invalid(invalid) => {
                 error!("spec change refused, the running volumes stay as they are: {invalid}");
                 self.registry.reload_errors.fetch_add(1, Ordering::Relaxed);
                 self.registry.set_config_error(Some(invalid.to_string()));
+                if matches!(loaded, Loaded::Unreadable(_)) && !reread {
+                    self.reread_at = Some(later(Instant::now(), REREAD_AFTER));
+                }
+                self.apply(loaded, refusals);
             }
         }
+        if std::mem::take(&mut self.load_again) {
+            self.request_load(false);
+        }
+    }
+
+    /// Brings the running volumes in line with a finished load, given what
+    /// preflight refused of the volumes it would start (a refused change leaves
+    /// the old instance running). Stops are started here and awaited in the
+    /// loop; nothing here waits.
+    fn apply(&mut self, loaded: Loaded, mut refusals: BTreeMap<String, String>) {
+        let running: BTreeMap<String, Volume> =
+            self.volumes.iter().map(|(name, (_, handle))| (name.clone(), handle.volume.clone())).collect();
+        if let Loaded::Volumes(volumes) = &loaded {
+            let starting = volumes.iter().filter(|v| running.get(&v.name) != Some(*v));
+            let daemons: Vec<&Volume> = starting.filter(|v| !v.source.is_kernel_mount()).collect();
+            if !daemons.is_empty() {
+                if let Err(err) = self.prepare_stage() {
+                    daemons.iter().for_each(|v| drop(refusals.insert(v.name.clone(), err.to_string())));
+                }
+            }
+            refusals.retain(|name, _| running.get(name) != volumes.iter().find(|v| &v.name == name));
+            for (name, message) in &refusals {
+                error!(volume = %name, "{message}");
+            }
+        }
+        let plan = plan_reload(&running, &loaded, &refusals.keys().cloned().collect());
+        for name in &plan.stop {
+            if let Some((_, handle)) = self.volumes.remove(name) {
+                let wanted = matches!(&loaded, Loaded::Volumes(v) if v.iter().any(|v| &v.name == name));
+                info!(volume = %name, change = if wanted { "changed" } else { "removed" }, "taking the volume down");
+                self.stopping_status.insert(name.clone(), handle.status.clone());
+                let name = name.clone();
+                let deadlines = Deadlines::within(self.settings.shutdown_timeout);
+                self.stopping.spawn(async move {
+                    handle.stop(deadlines).await;
+                    name
+                });
+            }
+        }
+        let Loaded::Volumes(volumes) = loaded else { return };
+        self.wanted = by_name(&volumes);
+        let objectivefs = volumes.iter().filter(|v| matches!(v.source, Source::ObjectiveFs { .. })).count();
+        self.ctx.objectivefs_volumes.store(objectivefs, Ordering::Relaxed);
+        self.refused = refusals
+            .iter()
+            .filter(|(name, _)| !self.volumes.contains_key(*name))
+            .filter_map(|(name, message)| Some((name.clone(), self.failed_status(self.wanted.get(name)?, message))))
+            .collect();
+        for name in &plan.start {
+            // A changed volume starts once its old instance is down (`on_stopped`).
+            if !self.stopping_status.contains_key(name) {
+                self.start(name);
+            }
+        }
+        self.registry.set_config_error(
+            (!refusals.is_empty()).then(|| refusals.values().cloned().collect::<Vec<_>>().join("; ")),
+        );
+        self.publish();
+    }
+
+    /// A volume that was requested and cannot run: not ready, and says why.
+    fn failed_status(&self, volume: &Volume, message: &str) -> SharedStatus {
+        let mut status = Status::new(volume, &self.settings.mountpoint(&volume.name));
+        status.phase = Phase::Failed;
+        status.errors = 1;
+        status.last_error = Some(message.to_string());
+        Arc::new(std::sync::Mutex::new(status))
+    }
+
+    fn start(&mut self, name: &str) {
+        let Some(volume) = self.wanted.get(name).cloned() else { return };
+        let mountpoint = self.settings.mountpoint(name);
+        let handle = Handle::start(volume, mountpoint, self.ctx.clone(), self.table.clone());
+        self.volumes.insert(name.to_string(), (self.next_seq, handle));
+        self.next_seq += 1;
+    }
+
+    /// A volume taken down after a spec change is down: start its new version if
+    /// it has one.
+    fn on_stopped(&mut self, stopped: Result<String, tokio::task::JoinError>) {
+        let name = match stopped {
+            Ok(name) => name,
+            Err(err) => {
+                error!(%err, "a volume's stop failed");
+                // Which one is unknown: forget those whose task is gone.
+                let done: Vec<String> = self
+                    .stopping_status
+                    .iter()
+                    .filter(|(_, s)| s.lock().expect("status lock").phase == Phase::Stopped)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                done.iter().for_each(|n| drop(self.stopping_status.remove(n)));
+                return self.publish();
+            }
+        };
+        self.stopping_status.remove(&name);
+        // Its new version passed preflight when the spec was loaded.
+        if self.wanted.contains_key(&name) && !self.volumes.contains_key(&name) && !self.refused.contains_key(&name) {
+            self.start(&name);
+        }
+        self.publish();
+    }
+
+    /// Tells the endpoints about every wanted volume: running, refused, or
+    /// waiting for its old instance to go down.
+    fn publish(&self) {
+        let statuses = self
+            .wanted
+            .keys()
+            .filter_map(|name| {
+                let running = self.volumes.get(name).map(|(_, h)| h.status.clone());
+                running.or_else(|| self.refused.get(name).or_else(|| self.stopping_status.get(name)).cloned())
+            })
+            .collect();
+        self.registry.set_volumes(statuses);
     }
 
     /// Takes every volume down: kernel mounts first (a leftover one would be
@@ -401,8 +743,16 @@ impl Supervisor {
         let deadlines = Deadlines::within(budget);
         let mut handles: Vec<(u64, Handle)> = std::mem::take(&mut self.volumes).into_values().collect();
         handles.sort_by_key(|(seq, h)| (!h.is_kernel_mount(), std::cmp::Reverse(*seq)));
-        let names: Vec<String> = handles.iter().map(|(_, h)| h.volume.name.clone()).collect();
-        let statuses: Vec<_> = handles.iter().map(|(_, h)| h.status.clone()).collect();
+        let mut names: Vec<String> = handles.iter().map(|(_, h)| h.volume.name.clone()).collect();
+        let mut statuses: Vec<_> = handles.iter().map(|(_, h)| h.status.clone()).collect();
+        // Stops a spec change began go on under their own deadlines, which end
+        // before these: they started before the signal, with the same budget.
+        let mut changed = std::mem::take(&mut self.stopping);
+        for (name, status) in std::mem::take(&mut self.stopping_status) {
+            names.push(name);
+            statuses.push(status);
+        }
+        let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
         for group in [kernel, fuse] {
             let mut stopping = JoinSet::new();
@@ -410,10 +760,11 @@ impl Supervisor {
                 stopping.spawn(handle.stop(deadlines));
             }
             let all_done = async { while stopping.join_next().await.is_some() {} };
-            if tokio::time::timeout_at(deadlines.last + Duration::from_millis(500), all_done).await.is_err() {
+            if tokio::time::timeout_at(until, all_done).await.is_err() {
                 break;
             }
         }
+        let _ = tokio::time::timeout_at(until, async { while changed.join_next().await.is_some() {} }).await;
         let left: Vec<String> = names
             .iter()
             .zip(&statuses)
@@ -423,6 +774,11 @@ impl Supervisor {
         if self.stage_ready {
             // Nothing is mounted under it any more; it goes with the container anyway.
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
+        }
+        let unflushed = self.ctx.unflushed.take();
+        if !unflushed.is_empty() {
+            let also = if left.is_empty() { String::new() } else { format!("; still mounted: {}", left.join(", ")) };
+            return Err(RunError::Unflushed(format!("{}{also}", unflushed.join("; "))));
         }
         if left.is_empty() {
             info!("every volume is down");
@@ -642,9 +998,92 @@ mod tests {
         let nothing = |_: &Path| false;
         let e = env(&t, &nothing, &found);
         assert!(matches!(preflight(&[fuse("gone")], Path::new("/sidemount"), &e), Err(RunError::NoMountpoint { .. })));
+        // A secretDir that cannot be read (or holds what a Secret may not set) is refused.
+        let mut with_secret = fuse("data");
+        with_secret.secret_dir = Some("/etc/sidemount/secrets/data".into());
+        let mut e = env(&t, &yes, &found);
+        let unreadable = |_: &Volume| Err("cannot read secretDir /etc/sidemount/secrets/data".to_string());
+        e.credentials = &unreadable;
+        let err = preflight(&[with_secret.clone()], Path::new("/sidemount"), &e).unwrap_err();
+        assert!(matches!(err, RunError::Credentials { .. }) && err.exit_code() == 78, "{err}");
+        preflight(&[fuse("data")], Path::new("/sidemount"), &e).expect("no secretDir, nothing to read");
         // No volumes: nothing to check, even without privileges.
         let mut e = env(&t, &nothing, &found);
         e.has_cap_sys_admin = false;
         preflight(&[], Path::new("/sidemount"), &e).unwrap();
+    }
+
+    mod reconcile_rules {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// A volume from a small alphabet of names and sources, so running and
+        /// wanted sets overlap, and the same name often comes with another source.
+        fn volume() -> impl Strategy<Value = Volume> {
+            (0..6usize, 0..3usize).prop_map(|(name, source)| {
+                spec::validate(&spec::RawVolume {
+                    name: Some(format!("v{name}")),
+                    kind: Some("fuse".into()),
+                    command: Some(vec![format!("daemon{source}"), "{mountpoint}".into()]),
+                    ..Default::default()
+                })
+                .unwrap()
+            })
+        }
+
+        fn volumes() -> impl Strategy<Value = BTreeMap<String, Volume>> {
+            proptest::collection::vec(volume(), 0..6).prop_map(|list| by_name(&list))
+        }
+
+        fn names() -> impl Strategy<Value = BTreeSet<String>> {
+            proptest::collection::btree_set((0..6usize).prop_map(|n| format!("v{n}")), 0..6)
+        }
+
+        fn invalid() -> spec::Invalid {
+            spec::Invalid(vec![spec::Problem {
+                origin: "volumes.yaml".into(),
+                field: "volumes".into(),
+                message: "cannot read the spec file".into(),
+            }])
+        }
+
+        proptest! {
+            #[test]
+            fn never_stops_a_volume_unchanged_in_the_latest_valid_spec(
+                running in volumes(), wanted in volumes(), refused in names(),
+            ) {
+                let loaded = Loaded::Volumes(wanted.values().cloned().collect());
+                let plan = plan_reload(&running, &loaded, &refused);
+                for name in &plan.stop {
+                    prop_assert_ne!(wanted.get(name), running.get(name), "{} is unchanged and was stopped", name);
+                    // Nor for a change that cannot start.
+                    prop_assert!(!(wanted.contains_key(name) && refused.contains(name)), "{} kept", name);
+                }
+                // Every running volume is either stopped or kept, never both; only refused
+                // or unchanged ones are kept, and no refused one is started.
+                for name in running.keys() {
+                    prop_assert!(plan.stop.contains(name) != plan.keep.contains(name), "{}", name);
+                }
+                for name in &plan.keep {
+                    prop_assert!(wanted.get(name) == running.get(name) || refused.contains(name));
+                }
+                prop_assert!(plan.start.iter().all(|n| wanted.contains_key(n) && !refused.contains(n)));
+                // What is wanted ends up running: kept, started, or refused.
+                for name in wanted.keys() {
+                    prop_assert!(plan.keep.contains(name) || plan.start.contains(name) || refused.contains(name));
+                }
+            }
+
+            #[test]
+            fn an_invalid_or_unreadable_spec_never_stops_anything(running in volumes(), refused in names()) {
+                for loaded in [Loaded::Unreadable(invalid()), Loaded::Invalid(invalid())] {
+                    let plan = plan_reload(&running, &loaded, &refused);
+                    prop_assert!(plan.stop.is_empty(), "{:?} stopped {:?}", loaded, plan.stop);
+                    prop_assert!(plan.start.is_empty());
+                    prop_assert_eq!(plan.keep.len(), running.len());
+                }
+            }
+        }
     }
 }

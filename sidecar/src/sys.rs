@@ -112,6 +112,24 @@ pub fn become_subreaper() -> Result<(), Errno> {
     Errno::result(rc).map(|_| ())
 }
 
+/// The most open files the supervisor asks for: enough for every volume and
+/// repair, and not so many that a helper closing every descriptor up to the
+/// limit (as some do before exec) loops over millions.
+pub const OPEN_FILES_WANTED: u64 = 65536;
+
+/// Raises the soft limit on open files towards the hard limit (at most
+/// [`OPEN_FILES_WANTED`]), so a flood of connections or output pipes leaves
+/// descriptors for repairs. Returns the soft limit before and after.
+pub fn raise_open_files_limit() -> Result<(u64, u64), Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let wanted = hard.min(OPEN_FILES_WANTED).max(soft);
+    if wanted != soft {
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard)?;
+    }
+    Ok((soft, wanted))
+}
+
 /// A descriptor that owns its file (a `File`, an `Inotify`) for as long as it lives.
 pub trait OwnsFd: std::os::fd::AsRawFd {}
 impl OwnsFd for std::fs::File {}

@@ -3,8 +3,13 @@
 # (SC2016: single-quoted commands run inside containers; SC2317: helpers are
 # called through wait_for.)
 # Container-level end-to-end tests of sidemount's images, with a real Docker engine
-# and real containers: what the kubelet and the container runtime do for a pod,
-# done with `docker run`.
+# and real containers, started by hand-written `docker run` commands: what the
+# images themselves must do (contents, PID 1, exit codes, the webhook image, the
+# ObjectiveFS package), and two orders the pod runner's cases do not reach (a
+# repair after the app's bind was made before the mount; SIGTERM with a file held
+# open in the sidecar itself). Pods as injection
+# makes them (reads and writes through s3fs and rclone, repair, block volumes,
+# deletion) run on the pod runner: tests/podrunner.
 #
 #   node:     a host folder D on a tmpfs with shared propagation (the kubelet's
 #             pod directory sits on a shared mount the same way)
@@ -16,7 +21,7 @@
 # It builds the images first with images/build-local.sh (the debootstrapped base
 # image is reused when the engine has it). Every case cleans up after itself, and
 # the exit trap removes whatever is left: the containers carrying this run's label,
-# mounts under D, D itself, loop devices, processes it started, temporary folders.
+# mounts under D, D itself, processes it started, temporary folders.
 #
 # Usage: sudo tests/container/run.sh [CASE...]     (no CASE: every case)
 # Settings (environment):
@@ -37,25 +42,19 @@ say() { echo "container e2e: $*" >&2; }
 # shellcheck source=tests/lib.sh
 . "$repo/tests/lib.sh"
 wait_every=0.2
-[ "$(id -u)" = 0 ] || { say "run as root (sudo $0): it makes mounts and loop devices"; exit 1; }
+[ "$(id -u)" = 0 ] || { say "run as root (sudo $0): it makes mounts"; exit 1; }
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed)"; exit 1; }
 
 # ---------------------------------------------------------------- host tools
 need=()
-for tool in curl:curl jq:jq openssl:openssl findmnt:util-linux nsenter:util-linux losetup:mount \
-  mkfs.ext4:e2fsprogs dpkg-deb:dpkg debootstrap:debootstrap; do
+for tool in curl:curl jq:jq openssl:openssl findmnt:util-linux nsenter:util-linux dpkg-deb:dpkg \
+  debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-moto=$repo/.venv/bin/moto_server
-if [ ! -x "$moto" ]; then
-  say "installing moto into $repo/.venv (tests/requirements.txt)"
-  [ -x "$repo/.venv/bin/python" ] || python3 -m venv "$repo/.venv"
-  "$repo/.venv/bin/pip" install -q --disable-pip-version-check -r "$repo/tests/requirements.txt"
 fi
 
 # ---------------------------------------------------------------- state, cleanup
@@ -64,13 +63,6 @@ node=$work/node          # D: the tmpfs with shared propagation
 logs=$work/logs
 mkdir -p "$node" "$logs"
 
-stop_started() { # processes a case started on the host (by pid)
-  local pid
-  if [ -f "$work/pids" ]; then
-    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
-    rm -f "$work/pids"
-  fi
-}
 unmount_under() { # every mount below $1 (not $1 itself), innermost first
   local m
   findmnt -rn -o TARGET | awk -v p="$1/" 'index($0, p) == 1' | sort -r | while read -r m; do
@@ -91,10 +83,6 @@ cleanup() {
   set +e
   docker ps -aq --filter "label=$run_id" | xargs -r docker rm -f >/dev/null 2>&1
   docker image rm -f "$run_id-ofs:dev" >/dev/null 2>&1
-  stop_started
-  if [ -f "$work/loops" ]; then
-    while read -r loop; do losetup -d "$loop" 2>/dev/null; done <"$work/loops"
-  fi
   unmount_under "$node"
   umount -l "$node" 2>/dev/null
   unmount_under "$work"
@@ -239,41 +227,12 @@ case_pid1_no_volumes() {
   [ $((SECONDS - started_at)) -lt 5 ] || fail "docker stop took $((SECONDS - started_at))s with nothing to unmount"
 }
 
-case_app_reads_and_writes() {
-  local sc app
-  sc=$(sidecar "$rclone_memory")
-  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
-  node_mounts | matches "^$dir/data fuse.rclone$" || fail "the node does not see the FUSE mount: $(node_mounts)"
-  # The app starts once the sidecar is ready, as a native sidecar's startupProbe orders it.
-  app=$(app)
-  in_app "$app" 'findmnt -n -o FSTYPE -T /data' | matches -x fuse.rclone || fail "the app's /data is not the FUSE volume"
-  in_app "$app" 'echo from-the-app > /data/hello && sync'
-  [ "$(docker exec "$sc" cat /sidemount/data/hello)" = from-the-app ] || fail "the sidecar does not read the app's file"
-  [ "$(cat "$dir/data/hello")" = from-the-app ] || fail "the node does not read the app's file"
-  docker exec "$sc" sh -c 'mkdir /sidemount/data/dir && echo from-the-sidecar > /sidemount/data/dir/f'
-  [ "$(in_app "$app" 'cat /data/dir/f')" = from-the-sidecar ] || fail "the app does not read the sidecar's file"
-  in_app "$app" 'dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && sha256sum </data/blob' >"$dir/app.sum"
-  [ "$(docker exec "$sc" sh -c 'sha256sum </sidemount/data/blob')" = "$(cat "$dir/app.sum")" ] \
-    || fail "8 MiB written by the app read back differently in the sidecar"
-}
-
 case_repair_app_started_first() {
   local sc app
   # Legacy (classic sidecar) order: the app's bind is made before the volume is mounted.
   app=$(app)
   sc=$(sidecar "$rclone_memory")
   wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
-  in_app "$app" 'echo one > /data/one && [ "$(cat /data/one)" = one ]' || fail "the app cannot write /data"
-  kill_and_repair "$sc" "$app"
-}
-
-case_repair_app_started_after_ready() {
-  local sc app
-  # Native-sidecar order: the app starts after the startupProbe passed, so the
-  # runtime binds the FUSE mount itself into the app.
-  sc=$(sidecar "$rclone_memory")
-  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
-  app=$(app)
   in_app "$app" 'echo one > /data/one && [ "$(cat /data/one)" = one ]' || fail "the app cannot write /data"
   kill_and_repair "$sc" "$app"
 }
@@ -320,74 +279,6 @@ case_no_dev_fuse_exits_78() {
   [ "$(exit_code "$sc")" = 78 ] || fail "exit code $(exit_code "$sc"), not 78"
   docker logs "$sc" 2>&1 | matches '/dev/fuse' || fail "the log does not say /dev/fuse: $(docker logs "$sc" 2>&1)"
   [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
-}
-
-case_s3fs_bucket() {
-  local pause sc app port=9000 secrets=$dir/secrets spec
-  # The S3 server (moto, from the host's venv) runs in a network namespace of its
-  # own: a placeholder container's, which the sidecar then joins. Loopback only.
-  # The credentials reach s3fs from a Secret-like folder, as secretDir.
-  mkdir -p "$secrets"
-  printf AKIAE2EEXAMPLE >"$secrets/AWSACCESSKEYID"
-  printf 'e2e-secret-key-0123456789' >"$secrets/AWSSECRETACCESSKEY"
-  pause=$(docker run -d --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done')
-  nsenter -t "$(pid_of "$pause")" -n "$moto" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
-  echo $! >>"$work/pids"
-  s3() {
-    nsenter -t "$(pid_of "$pause")" -n curl -fsS --max-time 5 --aws-sigv4 aws:amz:us-east-1:s3 \
-      --user "$(cat "$secrets/AWSACCESSKEYID"):$(cat "$secrets/AWSSECRETACCESSKEY")" "$@"
-  }
-  wait_for 30 s3 "http://127.0.0.1:$port/" || fail "moto did not start: $(tail -5 "$dir/moto.log")"
-  s3 -X PUT "http://127.0.0.1:$port/e2e-bucket" >/dev/null
-  spec=$(jq -cn --arg url "http://127.0.0.1:$port" '[{name: "data", type: "fuse",
-    command: ["s3fs", "e2e-bucket", "{mountpoint}", "-f", "-o", ("url=" + $url), "-o", "use_path_request_style",
-              "-o", "allow_other"],
-    secretDir: "/etc/sidemount/secrets/data"}]')
-  sc=$(sidecar "$spec" --network "container:$pause" -v "$secrets:/etc/sidemount/secrets/data:ro")
-  wait_for 60 ready "$sc" || fail "not ready in 60s: $(docker logs "$sc" 2>&1 | tail -5)"
-  app=$(app)
-  in_app "$app" 'echo "bytes from the app" > /data/object.txt'
-  in_bucket() { [ "$(s3 "http://127.0.0.1:$port/e2e-bucket/$1")" = "$2" ]; }
-  wait_for 10 in_bucket object.txt 'bytes from the app' \
-    || fail "the bucket does not hold the app's bytes: $(s3 "http://127.0.0.1:$port/e2e-bucket" 2>&1; docker logs "$sc" 2>&1 | tail -5)"
-  s3 -X PUT -H 'Content-Type: text/plain' --data-binary 'bytes from the bucket' "http://127.0.0.1:$port/e2e-bucket/put.txt" >/dev/null
-  [ "$(in_app "$app" 'cat /data/put.txt')" = 'bytes from the bucket' ] || fail "the app does not read an object put in the bucket"
-  local log argv
-  log=$(docker logs "$sc" 2>&1)
-  [ -n "$log" ] || fail "the sidecar logged nothing"
-  ! grep -q 'e2e-secret-key' <<<"$log" || fail "the secret key is in the log"
-  # Every process's argv, read one by one (a process may exit meanwhile); the
-  # sidecar's own and the daemon's must be among them.
-  argv=$(docker exec "$sc" sh -c 'for f in /proc/[0-9]*/cmdline; do tr "\0" " " <"$f" 2>/dev/null; echo; done')
-  if ! matches 'sidemount' <<<"$argv" || ! matches 's3fs' <<<"$argv"; then
-    fail "could not read the sidecar's argv: $argv"
-  fi
-  ! grep -q 'e2e-secret-key' <<<"$argv" || fail "the secret key is in a process's argv"
-  docker stop -t 20 "$sc" >/dev/null
-  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
-  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
-}
-
-case_block_ext4_on_loop() {
-  local sc app loop spec holders majmin img=$dir/disk.img
-  truncate -s 64M "$img"
-  loop=$(losetup -f --show "$img")
-  echo "$loop" >>"$work/loops"
-  spec=$(jq -cn --arg dev "$loop" '[{name: "data", type: "block", device: $dev, fsType: "ext4", format: true}]')
-  app=$(app)
-  sc=$(sidecar "$spec" --device "$loop")
-  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
-  node_mounts | matches "^$dir/data ext4$" || fail "the node does not see the ext4 mount: $(node_mounts)"
-  in_app "$app" 'echo "on ext4" > /data/file && sync'
-  docker stop -t 20 "$sc" >/dev/null
-  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
-  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
-  [ "$(blkid -p -o value -s TYPE "$loop")" = ext4 ] || fail "the device holds no ext4"
-  # Read the file off the device itself (debugfs), not through a mount.
-  [ "$(debugfs -R 'cat /file' "$loop" 2>/dev/null)" = "on ext4" ] || fail "the file is not on the device"
-  majmin=$(printf '%d:%d' "0x$(stat -L -c %t "$loop")" "0x$(stat -L -c %T "$loop")")
-  holders=$(grep -l "^[^ ]* [^ ]* $majmin " /proc/[0-9]*/mountinfo 2>/dev/null | head -n 5 || true)
-  [ -z "$holders" ] || note "the filesystem is still mounted in other namespaces: $holders"
 }
 
 case_webhook_serves_tls() {
@@ -446,7 +337,9 @@ EOF
 # An S3 server for a case: moto (from the host's venv) in a placeholder
 # container's network namespace, which the sidecar then joins (loopback only), with
 # the bucket e2e-bucket; credentials in $dir/secrets as a Secret volume has them.
+moto=$repo/.venv/bin/moto_server
 moto_up() {
+  [ -x "$moto" ] || fail "no $moto: install tests/requirements.txt into $repo/.venv (tests/setup.sh)"
   s3_port=9000
   secrets=$dir/secrets
   mkdir -p "$secrets"
@@ -614,9 +507,8 @@ case_plain_layout_secret_name() {
   docker stop -t 20 "$sc" >/dev/null
 }
 
-all_cases=(image_contents pid1_no_volumes app_reads_and_writes repair_app_started_first
-  repair_app_started_after_ready stop_unmounts_everything not_shared_exits_78 no_dev_fuse_exits_78
-  s3fs_bucket block_ext4_on_loop webhook_serves_tls objectivefs_deb_installed
+all_cases=(image_contents pid1_no_volumes repair_app_started_first stop_unmounts_everything
+  not_shared_exits_78 no_dev_fuse_exits_78 webhook_serves_tls objectivefs_deb_installed
   nonroot_app_s3fs nonroot_app_rclone plain_layout_downward_api plain_layout_secret_name)
 
 # ---------------------------------------------------------------- runner
@@ -641,7 +533,6 @@ for case in "${selected[@]}"; do
   # leaves running must come down cleanly too, and leave the node clean.
   stop_case_containers "$case"
   remove_containers "$case"
-  stop_started
   leftover=$(node_mounts)
   if [ -n "$leftover" ]; then
     echo "FAILED: mounts left on the node after the case: $leftover" >>"$logs/$case.log"

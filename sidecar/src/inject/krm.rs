@@ -78,7 +78,7 @@ pub enum FunctionConfigError {
     NotText { field: String },
     #[error("{field}: {value:?} is not a mode: use native (Kubernetes 1.29 and later) or legacy")]
     Mode { field: String, value: String },
-    #[error("{field}: {value:?} is not a duration of at least 1s: write e.g. 20s or 1m")]
+    #[error("{field}: {value:?} is not a duration from {}: write e.g. 20s or 1m", crate::settings::SHUTDOWN_TIMEOUT)]
     Duration { field: String, value: String },
 }
 
@@ -127,7 +127,7 @@ pub fn read_function_config(value: &Value) -> Result<Overrides, FunctionConfigEr
             "shutdownTimeout" => {
                 let timeout = humantime::parse_duration(text)
                     .ok()
-                    .filter(|t| *t >= Duration::from_secs(1))
+                    .filter(|t| crate::settings::SHUTDOWN_TIMEOUT.contains(*t))
                     .ok_or_else(|| FunctionConfigError::Duration { field, value: text.into() })?;
                 overrides.shutdown_timeout = Some(timeout);
             }
@@ -404,6 +404,11 @@ mod tests {
             (
                 "{apiVersion: v1, kind: ConfigMap, data: {shutdownTimeout: 0s}}",
                 "functionConfig.data.shutdownTimeout: \"0s\" is not a duration",
+            ),
+            (
+                // Would overflow the grace period it sets (and abort) if it were taken.
+                "{apiVersion: v1, kind: ConfigMap, data: {shutdownTimeout: 18446744073709551615s}}",
+                "functionConfig.data.shutdownTimeout: \"18446744073709551615s\" is not a duration from 1s to 1h",
             ),
             (
                 "{apiVersion: v1, kind: ConfigMap, data: {image: ''}}",

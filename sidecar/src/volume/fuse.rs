@@ -40,7 +40,9 @@ fn substitute(arg: &str, values: &[(&str, &str)]) -> String {
 }
 
 /// The daemon's extra environment: the spec's `env`, then the secrets (a secret
-/// wins over a plain value of the same name).
+/// wins over a plain value of the same name). A Secret cannot set names that
+/// change what runs (refused when it is read, see `secrets::REFUSED_NAMES`); the
+/// spec's `env` can: whoever writes the spec chooses the command too.
 pub fn env(spec_env: &BTreeMap<String, String>, secrets: &Secrets) -> BTreeMap<String, String> {
     let mut env = spec_env.clone();
     env.extend(secrets.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -86,5 +88,11 @@ mod tests {
         let env = env(&plain, &secrets);
         assert_eq!(env["A"], "secret");
         assert_eq!(env["B"], "b");
+    }
+
+    #[test]
+    fn the_spec_may_set_what_a_secret_may_not() {
+        let plain = BTreeMap::from([("PATH".to_string(), "/opt/fuse/bin:/usr/bin".to_string())]);
+        assert_eq!(env(&plain, &Secrets::default())["PATH"], "/opt/fuse/bin:/usr/bin");
     }
 }

@@ -5,6 +5,7 @@
 //! side by side, and a hung one holds up nobody else.
 
 pub mod block;
+pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
 pub mod zfs;
@@ -55,6 +56,8 @@ pub struct Context {
     pub hurry: watch::Receiver<bool>,
     /// The private staging area where daemons mount (see `Task::attach`).
     pub stage: PathBuf,
+    /// Volumes whose daemon still had writes to send when they were taken down.
+    pub unflushed: Arc<flush::Unflushed>,
 }
 
 /// Where a volume is in its life.
@@ -162,8 +165,17 @@ impl Handle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
         let matcher = Matcher::for_volume(&volume.source);
-        let task =
-            Task { volume: volume.clone(), mountpoint, matcher, ctx, status: status.clone(), table, stop: stop_rx };
+        let task = Task {
+            volume: volume.clone(),
+            mountpoint,
+            matcher,
+            ctx,
+            status: status.clone(),
+            table,
+            stop: stop_rx,
+            secret_read: Default::default(),
+            writeback: None,
+        };
         let task = tokio::spawn(task.run().instrument(span));
         Handle { volume, status, stop: Some(stop_tx), task }
     }
@@ -232,16 +244,31 @@ struct Task {
     status: SharedStatus,
     table: watch::Receiver<Arc<MountTable>>,
     stop: oneshot::Receiver<Deadlines>,
+    /// A read of the secretDir is under way (or stuck on a hung filesystem).
+    secret_read: Arc<std::sync::atomic::AtomicBool>,
+    /// How to ask the running daemon about the writes it has yet to send.
+    writeback: Option<flush::Writeback>,
 }
 
 /// How one start of the volume ended.
 enum Served {
     Stopped,
+    /// It can never work as specified: no more starts until the spec changes.
+    Refused,
     /// It failed or needs repair; `stable` when it had been ready long enough
     /// to start the backoff over.
     Failed {
         stable: bool,
     },
+}
+
+/// What an exited daemon left at its staging directory.
+enum Left {
+    Nothing,
+    /// Its mount, dead with it.
+    DeadMount,
+    /// Its mount, still served: by a process it forked.
+    LiveMount,
 }
 
 /// What keeps a mounted volume alive: its daemon, or the kernel alone.
@@ -254,6 +281,14 @@ impl Keeper {
     fn pid(&self) -> Option<i32> {
         match self {
             Keeper::Daemon(d) => Some(d.pid()),
+            Keeper::Kernel => None,
+        }
+    }
+
+    /// The daemon's last lines of output, once it has exited.
+    async fn last_output(&mut self) -> Option<String> {
+        match self {
+            Keeper::Daemon(d) => d.last_output().await,
             Keeper::Kernel => None,
         }
     }
@@ -314,6 +349,10 @@ impl Task {
                     starts += 1;
                     match self.serve(starts).await {
                         Served::Stopped => return,
+                        Served::Refused => {
+                            let deadlines = stop_or_now((&mut self.stop).await);
+                            return self.teardown(Keeper::Kernel, deadlines).await;
+                        }
                         Served::Failed { stable: true } => failures = 0,
                         Served::Failed { stable: false } => {}
                     }
@@ -332,16 +371,11 @@ impl Task {
         }
     }
 
-    /// The daemon's or mount helpers' environment: the spec's `env` and the
-    /// Secret's values; and the values to keep out of the log.
-    fn environment(&self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
-        let secrets = match &self.volume.source {
-            Source::ObjectiveFs { .. } => objectivefs::credentials(&self.volume)?,
-            _ => match &self.volume.secret_dir {
-                None => Secrets::default(),
-                Some(dir) => Secrets::read_dir(dir).map_err(|e| e.to_string())?,
-            },
-        };
+    /// The daemon's or mount helpers' environment: the spec's `env`, the Secret's
+    /// values and, for a daemon that queues writes, a remote control to ask it
+    /// about them (see `flush`); and the values to keep out of the log.
+    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+        let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
             if !env.contains_key("CACHESIZE") && std::env::var_os("CACHESIZE").is_none() {
@@ -356,12 +390,14 @@ impl Task {
                 }
             }
         }
-        Ok((env, secrets.values()))
+        let mut secrets = secrets.values();
+        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
+        Ok((env, secrets))
     }
 
     /// Starts the volume once and stays with it until it fails or is stopped.
     async fn serve(&mut self, starts: u64) -> Served {
-        let (env, secrets) = match self.environment() {
+        let (env, secrets) = match self.environment().await {
             Ok(found) => found,
             Err(message) => {
                 self.fail(message);
@@ -389,18 +425,13 @@ impl Task {
                 return Served::Stopped;
             }
             Event::Exited(status) => {
-                let stage = self.stage_path();
-                let background = self.table.borrow().volume_at(&stage, |m| self.matcher.matches(m)).is_some();
-                let hint = if background {
-                    " after mounting: it went to the background; run it in the foreground (e.g. bindfs -f, s3fs -f)"
-                } else {
-                    " before mounting"
+                let when = match self.left_at_stage().await {
+                    Left::LiveMount => return self.refuse_background(&status).await,
+                    Left::DeadMount => " right after mounting",
+                    Left::Nothing => " before mounting",
                 };
-                let last = match &keeper {
-                    Keeper::Daemon(d) => d.last_line().map(|l| format!(": {l}")).unwrap_or_default(),
-                    Keeper::Kernel => String::new(),
-                };
-                self.fail(format!("daemon {}{hint}{last}", describe_exit(&status)));
+                let last = keeper.last_output().await.map(|l| format!(": {l}")).unwrap_or_default();
+                self.fail(format!("daemon {}{when}{last}", describe_exit(&status)));
                 return Served::Failed { stable: false };
             }
             Event::TimedOut | Event::Gone => {
@@ -440,10 +471,10 @@ impl Task {
                 return Served::Stopped;
             }
             Event::Exited(status) => {
-                let last = match &keeper {
-                    Keeper::Daemon(d) => d.last_line().map(|l| format!(" (last output: {l})")).unwrap_or_default(),
-                    Keeper::Kernel => String::new(),
-                };
+                if self.has_daemon() && matches!(self.left_at_stage().await, Left::LiveMount) {
+                    return self.refuse_background(&status).await;
+                }
+                let last = keeper.last_output().await.map(|l| format!(" (last output: {l})")).unwrap_or_default();
                 format!("daemon {}{last}", describe_exit(&status))
             }
             Event::Gone | Event::TimedOut | Event::Mounted(_) | Event::Unattached(_) => {
@@ -464,6 +495,37 @@ impl Task {
             s.last_error = Some(reason);
         });
         Served::Failed { stable }
+    }
+
+    /// What an exited daemon left at the stage. A mount that still answers is
+    /// served by a process the daemon forked: it went to the background. (When a
+    /// daemon itself dies, the kernel aborts its connection with its last
+    /// /dev/fuse descriptor, before its exit can be seen.)
+    async fn left_at_stage(&self) -> Left {
+        let stage = self.stage_path();
+        match MountTable::read_self() {
+            Ok(table) if table.volume_at(&stage, |m| self.matcher.matches(m)).is_some() => {}
+            _ => return Left::Nothing,
+        }
+        let sys = self.ctx.sys.clone();
+        match bounded(self.ctx.check_timeout, move || sys.statfs(&stage)).await {
+            Ok(Ok(())) => Left::LiveMount,
+            _ => Left::DeadMount,
+        }
+    }
+
+    /// A daemon that went to the background is out of reach: its exit is never
+    /// seen, so it could be neither repaired nor taken down cleanly, and starting
+    /// it again would only fork another. Its mount is taken down (the process it
+    /// forked then exits) and the volume stays failed until its spec changes.
+    async fn refuse_background(&mut self, status: &std::io::Result<std::process::ExitStatus>) -> Served {
+        let message = format!(
+            "daemon {} after mounting: it went to the background, where it cannot be supervised; run it in the foreground (e.g. bindfs -f, s3fs -f); not restarted until the spec changes",
+            describe_exit(status)
+        );
+        self.teardown(Keeper::Kernel, Deadlines::within(EXIT_GRACE * 2)).await;
+        self.fail(message);
+        Served::Refused
     }
 
     /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
@@ -829,6 +891,7 @@ impl Task {
     /// left mounted on the emptyDir the kubelet's recursive delete would empty it.
     async fn teardown(&mut self, keeper: Keeper, deadlines: Deadlines) {
         self.set(|s| s.phase = Phase::Stopping);
+        flush::before_unmount(self, keeper.pid(), deadlines).await;
         let busy = match keeper {
             Keeper::Kernel => Instant::now(),
             Keeper::Daemon(_) => deadlines.busy,
@@ -923,6 +986,23 @@ impl Task {
     }
 }
 
+/// A volume's secrets: its secretDir read under `timeout` (see
+/// [`Secrets::read_dir_bounded`]), and for objectivefs the credentials it needs.
+pub async fn secrets_of(
+    volume: &Volume,
+    timeout: Duration,
+    in_flight: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Secrets, String> {
+    let secrets = match &volume.secret_dir {
+        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await.map_err(|e| e.to_string())?,
+        None => Secrets::default(),
+    };
+    match volume.source {
+        Source::ObjectiveFs { .. } => objectivefs::credentials(volume, secrets),
+        _ => Ok(secrets),
+    }
+}
+
 /// After `failures` consecutive failures: the first repair at once, then
 /// capped exponential backoff.
 pub fn backoff(failures: u32) -> Duration {
@@ -952,13 +1032,35 @@ pub async fn check(status: &SharedStatus, sys: &Arc<dyn Sys>, timeout: Duration)
 }
 
 /// Checks ready volumes with bounded `statfs` calls, one after another on one
-/// thread, so a periodic check of many volumes costs one wakeup. When a call
-/// misses its deadline, that volume is marked not answering and the rest go on
-/// on a fresh thread. A volume whose earlier check still waits on the kernel is
-/// not checked again: a hung mount holds one thread, not one per probe.
+/// thread, so a periodic check of many volumes costs one wakeup. When that
+/// batch misses its deadline, the volume it is stuck on is marked not
+/// answering and every volume it had not reached is checked at once, each on
+/// a thread of its own: the whole check takes at most twice `timeout`, however
+/// many volumes hang. A volume whose earlier check still waits on the kernel
+/// is not checked again: a hung mount holds one thread, not one per probe.
 /// True when every volume given is ready.
 pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
-    let mut queue: Vec<(SharedStatus, PathBuf, u64)> = Vec::new();
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    type Item = (SharedStatus, PathBuf, u64);
+    fn check_one(sys: &dyn Sys, (status, mountpoint, generation): &Item) {
+        let result = sys.statfs(mountpoint);
+        let mut s = status.lock().expect("status lock");
+        if s.generation == *generation {
+            s.check_started = None;
+            record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
+        }
+    }
+    fn not_answering((status, _, generation): &Item, timeout: Duration) {
+        let mut s = status.lock().expect("status lock");
+        // Still waiting on this check: it answered right at the deadline otherwise.
+        if s.generation == *generation && s.check_started.is_some() {
+            let message = format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
+            record_check(&mut s, Err(message));
+        }
+    }
+
+    let mut queue: Vec<Item> = Vec::new();
     for status in statuses {
         let mut s = status.lock().expect("status lock");
         if s.phase != Phase::Ready {
@@ -978,36 +1080,36 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
             }
         }
     }
-    while !queue.is_empty() {
-        let batch: Arc<[(SharedStatus, PathBuf, u64)]> = std::mem::take(&mut queue).into();
-        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (worker_batch, worker_done, worker_sys) = (batch.clone(), done.clone(), sys.clone());
+    if !queue.is_empty() {
+        let batch: Arc<[Item]> = queue.into();
+        // The index of the next volume the batch thread takes; usize::MAX once the
+        // batch is given up, so the thread takes no more after its stuck call.
+        let next = Arc::new(AtomicUsize::new(0));
+        let (worker_batch, worker_next, worker_sys) = (batch.clone(), next.clone(), sys.clone());
         let finished = bounded(timeout, move || {
-            for (status, mountpoint, generation) in worker_batch.iter() {
-                let result = worker_sys.statfs(mountpoint);
-                let mut s = status.lock().expect("status lock");
-                if s.generation == *generation {
-                    s.check_started = None;
-                    record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
-                }
-                worker_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while let Ok(i) = worker_next.fetch_update(SeqCst, SeqCst, |i| (i != usize::MAX).then_some(i + 1)) {
+                let Some(item) = worker_batch.get(i) else { return };
+                check_one(worker_sys.as_ref(), item);
             }
         })
         .await;
-        if finished.is_ok() {
-            break;
-        }
-        // The call at `stuck` is waiting on the kernel: that volume is not answering.
-        let stuck = done.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some((status, _, generation)) = batch.get(stuck) {
-            let mut s = status.lock().expect("status lock");
-            if s.generation == *generation {
-                let message =
-                    format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-                record_check(&mut s, Err(message));
+        if finished.is_err() {
+            let taken = next.swap(usize::MAX, SeqCst).min(batch.len());
+            // The call the batch thread is in is waiting on the kernel.
+            if let Some(stuck) = taken.checked_sub(1).and_then(|i| batch.get(i)) {
+                not_answering(stuck, timeout);
             }
+            let mut rest = tokio::task::JoinSet::new();
+            for item in batch.iter().skip(taken) {
+                let (sys, item, probe) = (sys.clone(), item.clone(), item.clone());
+                rest.spawn(async move {
+                    if bounded(timeout, move || check_one(sys.as_ref(), &probe)).await.is_err() {
+                        not_answering(&item, timeout);
+                    }
+                });
+            }
+            while rest.join_next().await.is_some() {}
         }
-        queue = batch.iter().skip(stuck + 1).cloned().collect();
     }
     statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
 }
@@ -1042,6 +1144,71 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(10), BACKOFF_CAP);
         assert_eq!(backoff(200), BACKOFF_CAP);
+    }
+
+    /// A kernel stand-in whose statfs hangs (for a few seconds) on every
+    /// mountpoint whose name starts with "hung".
+    struct HungSys;
+    impl Sys for HungSys {
+        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn statfs(&self, target: &Path) -> Result<(), Errno> {
+            if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Ok(())
+        }
+        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn has_cap_sys_admin(&self) -> bool {
+            true
+        }
+    }
+
+    fn ready(name: &str) -> SharedStatus {
+        let volume = Volume {
+            name: name.into(),
+            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
+            options: vec![],
+            env: Default::default(),
+            secret_dir: None,
+            secret_name: None,
+            uid: None,
+            gid: None,
+        };
+        let mut status = Status::new(&volume, &Path::new("/sidemount").join(name));
+        status.phase = Phase::Ready;
+        status.responsive = true;
+        Arc::new(Mutex::new(status))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_hung_volumes_cost_at_most_two_timeouts() {
+        let sys: Arc<dyn Sys> = Arc::new(HungSys);
+        let timeout = Duration::from_millis(300);
+        // Healthy ones before, between and after the hung ones.
+        let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
+        let statuses: Vec<SharedStatus> = names.iter().map(|n| ready(n)).collect();
+        let started = Instant::now();
+        let ready_all = check_many(&statuses, &sys, timeout).await;
+        let took = started.elapsed();
+        assert!(!ready_all);
+        // One after another this took six timeouts (1.8 s).
+        assert!(took < timeout * 2 + Duration::from_millis(250), "the check took {took:?}");
+        for (name, status) in names.iter().zip(&statuses) {
+            let s = status.lock().unwrap();
+            assert_eq!(s.responsive, !name.starts_with("hung"), "{name}: {s:?}");
+        }
+        // The hung ones still hold their one thread each: not checked again, and
+        // the second check is quick.
+        let started = Instant::now();
+        check_many(&statuses, &sys, timeout).await;
+        assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -78,14 +78,10 @@ pub fn map_flexvolume_keys(secrets: &mut Secrets) {
     }
 }
 
-/// Reads an objectivefs volume's Secret, maps the FlexVolume keys and checks
-/// that the license and passphrase are there (in the Secret, the spec's `env`
-/// or the supervisor's own environment).
-pub fn credentials(volume: &Volume) -> Result<Secrets, String> {
-    let mut secrets = match &volume.secret_dir {
-        Some(dir) => Secrets::read_dir(dir).map_err(|e| e.to_string())?,
-        None => Secrets::default(),
-    };
+/// Maps the FlexVolume keys of an objectivefs volume's Secret (as read from its
+/// secretDir) and checks that the license and passphrase are there (in the
+/// Secret, the spec's `env` or the supervisor's own environment).
+pub fn credentials(volume: &Volume, mut secrets: Secrets) -> Result<Secrets, String> {
     map_flexvolume_keys(&mut secrets);
     let missing = missing(&secrets, &volume.env, |k| std::env::var_os(k).is_some());
     if !missing.is_empty() {

@@ -22,6 +22,7 @@ pub struct SupervisorBuilder<'p> {
     shutdown_timeout: Option<Duration>,
     env: Vec<(String, String)>,
     cgroup: Option<PathBuf>,
+    nofile: Option<(u64, u64)>,
 }
 
 impl<'p> SupervisorBuilder<'p> {
@@ -34,7 +35,14 @@ impl<'p> SupervisorBuilder<'p> {
             shutdown_timeout: None,
             env: Vec::new(),
             cgroup: None,
+            nofile: None,
         }
+    }
+
+    /// Start it with this soft and hard RLIMIT_NOFILE, as a container runtime might.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
+        self
     }
 
     /// Start the supervisor inside this cgroup directory (it joins before it execs).
@@ -99,6 +107,20 @@ impl<'p> SupervisorBuilder<'p> {
         env.extend(self.env);
         let mut cmd = sidecar_command(pod, &env, self.cgroup.as_deref());
         cmd.arg("run");
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure only calls setrlimit, which is
+            // async-signal-safe, on a struct on its own stack.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.stdin(Stdio::null()).stdout(fs::File::create(&out).unwrap()).stderr(fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn sidemount run: {e}"));
         Supervisor {

@@ -21,6 +21,9 @@
 #                             (built-in transformers only); the app runs as 1000
 #   invalid_annotation_refused  `kubectl apply` of a bad annotation fails, naming the field
 #
+# The same manifests run without a cluster on the pod runner (tests/podrunner),
+# which emulates the kubelet on the local Docker engine.
+#
 # Usage: tests/e2e/kind/run.sh [CASE...]
 # Needs: docker (with BuildKit), kind, kubectl, jq, curl. Settings (environment):
 #   KIND_NODE_IMAGE     node image (Kubernetes version)   [kind's default]
@@ -28,7 +31,8 @@
 #   KEEP_CLUSTER=1      leave the cluster up at the end (to look, or `kind export logs`)
 #   REUSE_CLUSTER=1     use an existing cluster of that name
 #   BUILD=0             do not build: use the images sidemount:e2e, sidemount-webhook:e2e
-#   MINIO_IMAGE         [minio/minio:RELEASE.2025-04-22T22-12-26Z]
+#   MINIO_IMAGE         [quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z] (Docker Hub's
+#                       minio/minio refuses anonymous pulls; the same tags are on quay.io)
 #   CERT_MANAGER_VERSION [v1.17.2]
 # Ends with `kind e2e: N passed, M failed`; exits non-zero when a case failed.
 set -euo pipefail
@@ -39,7 +43,7 @@ repo=$(cd "$here/../../.." && pwd)
 . "$repo/tests/lib.sh"
 manifests=$here/manifests
 CLUSTER_NAME=${CLUSTER_NAME:-sidemount-e2e}
-MINIO_IMAGE=${MINIO_IMAGE:-minio/minio:RELEASE.2025-04-22T22-12-26Z}
+MINIO_IMAGE=${MINIO_IMAGE:-quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z}
 CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.17.2}
 SIDECAR=sidemount:e2e          # what the test pods' own containers run (tools: sh, rclone)
 WEBHOOK=sidemount-webhook:e2e
@@ -131,8 +135,24 @@ for config in $(objects | jq -r 'select(.kind == "MutatingWebhookConfiguration")
 done
 
 # ---------------------------------------------------------------- the S3 server
+# minio_manifest IMAGE: manifests/s3.yaml with MinIO's image set to IMAGE, whatever
+# registry its own line names; fails unless exactly one image line was set, so an
+# override is never silently ignored. (No sed: IMAGE is not a pattern.)
+minio_manifest() {
+  local line replaced=0 out=
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [[ $line =~ ^([[:space:]]*image:[[:space:]]*)[^[:space:]]*minio/minio:[^[:space:]]*$ ]]; then
+      line=${BASH_REMATCH[1]}$1
+      replaced=$((replaced + 1))
+    fi
+    out+=$line$'\n'
+  done <"$manifests/s3.yaml"
+  [ "$replaced" = 1 ] || { say "manifests/s3.yaml: $replaced MinIO image lines, expected 1"; return 1; }
+  printf '%s' "$out"
+}
 say "starting MinIO ($MINIO_IMAGE)"
-sed "s|image: minio/minio:.*|image: $MINIO_IMAGE|" "$manifests/s3.yaml" | k apply -f - >/dev/null
+minio_manifest "$MINIO_IMAGE" >"$work/s3.yaml"
+k apply -f "$work/s3.yaml" >/dev/null
 k -n "$NS" rollout status deploy/minio --timeout=300s >&2
 
 # s3 ARGS...: rclone against the bucket from a one-off pod (the sidecar image has rclone).
@@ -149,6 +169,19 @@ s3 mkdir :s3:e2e-bucket
 # fail, note and wait_for (every second) come from tests/lib.sh.
 in_pod() { k -n "$NS" exec "$1" -c "$2" -- sh -c "$3"; }
 bucket_has() { [ "$(s3 cat ":s3:e2e-bucket/$1" 2>/dev/null)" = "$2" ]; }
+# bucket_holds KEY CONTENT: the object is there now. A few tries, not a wait: the
+# output of `kubectl run --rm -i` is sometimes lost, an object is never late here.
+bucket_holds() {
+  local try
+  for try in 1 2 3 4; do
+    bucket_has "$1" "$2" && return 0
+    [ "$try" = 4 ] || sleep 2
+  done
+  return 1
+}
+# pod_dir_gone NODE UID: the kubelet removed the pod's directory (its housekeeping
+# does, some seconds after the API object is gone).
+pod_dir_gone() { docker exec "$1" test ! -e "/var/lib/kubelet/pods/$2"; }
 repaired() { status "$1" | jq -e '.volumes[0] | .state == "ready" and .repairs >= 1' >/dev/null; }
 app_reads() { [ "$(in_pod "$1" app "cat $2" 2>/dev/null)" = "$3" ]; }
 # status POD: the supervisor's /status, read over its loopback listener with bash.
@@ -180,7 +213,7 @@ case_s3_read_write() {
   [ "$(k -n "$NS" get pod s3-app -o jsonpath='{.metadata.annotations.sidemount\.io/injected}')" != "" ] \
     || fail "the pod was not injected"
   in_pod s3-app app 'echo "written by the app" > /data/from-app.txt'
-  [ "$(s3 cat :s3:e2e-bucket/from-app.txt)" = "written by the app" ] || fail "the bucket does not hold the app's bytes"
+  bucket_holds from-app.txt "written by the app" || fail "the bucket does not hold the app's bytes"
   echo "put in the bucket" | s3 rcat :s3:e2e-bucket/from-bucket.txt
   wait_for 30 app_reads s3-app /data/from-bucket.txt "put in the bucket" || fail "the app does not read an object put in the bucket"
 }
@@ -207,7 +240,7 @@ case_repair_while_app_runs() {
   [ "$after" != "$before" ] || fail "the same daemon after the repair"
   wait_for 30 in_pod s3-app app 'echo "after the repair" > /data/after-repair.txt' \
     || fail "the app cannot write /data after the repair: $(in_pod s3-app app 'ls /data 2>&1; cat /proc/mounts | grep /data' 2>&1)"
-  [ "$(s3 cat :s3:e2e-bucket/after-repair.txt)" = "after the repair" ] || fail "the bucket does not hold the write made after the repair"
+  bucket_holds after-repair.txt "after the repair" || fail "the bucket does not hold the write made after the repair"
   [ "$(k -n "$NS" get pod s3-app -o jsonpath='{.status.containerStatuses[0].restartCount}')" = 0 ] \
     || fail "the app was restarted: the repair must reach the running app"
 }
@@ -223,7 +256,7 @@ case_delete_leaves_no_mount() {
   took=$((SECONDS - took))
   [ "$took" -lt 45 ] || fail "deleting the pod took ${took}s"
   [ -z "$(node_mounts "$node" "$uid")" ] || fail "mounts left on $node: $(node_mounts "$node" "$uid")"
-  ! docker exec "$node" test -e "/var/lib/kubelet/pods/$uid" || fail "the kubelet did not remove the pod's directory"
+  wait_for 60 pod_dir_gone "$node" "$uid" || fail "the kubelet did not remove the pod's directory in 60s"
   note "deleted in ${took}s, nothing left on $node"
 }
 
@@ -247,7 +280,10 @@ case_job_completes() {
   k apply -f "$manifests/job.yaml" >&2
   k -n "$NS" wait job/writer --for=condition=complete --timeout=240s >&2 \
     || { diagnose "$(k -n "$NS" get pods -l job-name=writer -o name | head -n 1 | cut -d/ -f2)"; fail "the Job did not complete"; }
-  [ "$(s3 cat :s3:e2e-bucket/job/result.txt)" = "written by the job" ] || fail "the bucket does not hold the Job's result"
+  # Written through rclone's write cache and closed as the Job's container exited: the
+  # sidecar waits for rclone's upload queue before it exits, and the pod (so the Job)
+  # completes only after the sidecar has. No waiting here: the object is there now.
+  bucket_holds job/result.txt "written by the job" || fail "the bucket does not hold the Job's result"
   k -n "$NS" delete job writer --wait=true >&2
 }
 

@@ -17,7 +17,9 @@
 #     against GitHub's workflow schema, with every `run:` step shellchecked;
 #   - the release's scripts run with the registry left out: scripts/pin-digests.sh
 #     --dry-run pins the kustomize manifests to made-up digests, and what it renders
-#     is validated.
+#     is validated;
+#   - MinIO's image: run.sh's default is the manifest's, and not Docker Hub's; each
+#     row of the workflow's matrix runs a kubectl within one minor version of its cluster.
 #
 # Usage: tests/e2e/kind/validate.sh      Ends with `kind manifests: N passed, M failed`.
 set -euo pipefail
@@ -92,7 +94,8 @@ for file in tests/e2e/kind/manifests/*.yaml; do
   check "kubernetes-validate --strict $file" validate "$file"
 done
 
-for file in tests/e2e/kind/manifests/pod-s3fs.yaml tests/e2e/kind/manifests/pod-legacy.yaml tests/e2e/kind/manifests/job.yaml; do
+for file in tests/e2e/kind/manifests/pod-s3fs.yaml tests/e2e/kind/manifests/pod-legacy.yaml tests/e2e/kind/manifests/job.yaml \
+  tests/e2e/kind/manifests/safety-fuse.yaml tests/e2e/kind/manifests/safety-block.yaml; do
   injected_ok() {
     "$sidemount" inject --image sidemount:e2e -f "$1" >"$work/injected.yaml" || return 1
     grep -q 'mountPropagation: Bidirectional' "$work/injected.yaml" || { echo "no sidecar injected"; return 1; }
@@ -154,6 +157,36 @@ for node in doc["nodes"]:
 EOF
 }
 check "tests/e2e/kind/kind-config.yaml" kind_config_ok
+minio_image_ok() { # run.sh's default is the manifest's image, and not Docker Hub's
+  local line default='' manifest=''
+  while IFS= read -r line; do
+    if [[ $line =~ ^MINIO_IMAGE=\$\{MINIO_IMAGE:-(.*)\}$ ]]; then default=${BASH_REMATCH[1]}; fi
+  done <tests/e2e/kind/run.sh
+  while IFS= read -r line; do
+    if [[ $line =~ ^[[:space:]]*image:[[:space:]]*([^[:space:]]*minio/minio:[^[:space:]]*)$ ]]; then manifest=${BASH_REMATCH[1]}; fi
+  done <tests/e2e/kind/manifests/s3.yaml
+  if [ -z "$default" ] || [ "$default" != "$manifest" ]; then
+    echo "run.sh's MINIO_IMAGE default ($default) is not manifests/s3.yaml's image ($manifest)"
+    return 1
+  fi
+  case $default in
+  minio/* | docker.io/*) echo "$default: Docker Hub's minio/minio refuses anonymous pulls"; return 1 ;;
+  esac
+}
+check "MinIO's image: run.sh's default is manifests/s3.yaml's, not Docker Hub's" minio_image_ok
+kubectl_skew_ok() {
+  "$venv/bin/python" - .github/workflows/e2e-kind.yml <<'EOF'
+import sys, yaml
+rows = yaml.safe_load(open(sys.argv[1]))["jobs"]["kind"]["strategy"]["matrix"]["include"]
+for row in rows:
+    server = [int(x) for x in str(row["kubernetes"]).split(".")[:2]]
+    client = [int(x) for x in str(row["kubectl"]).lstrip("v").split(".")[:2]]
+    assert server[0] == client[0] and abs(server[1] - client[1]) <= 1, \
+        f"kubectl {row['kubectl']} against Kubernetes {row['kubernetes']}: outside kubectl's skew of one minor version"
+    assert row["node_image"].startswith(f"kindest/node:v{server[0]}.{server[1]}."), row
+EOF
+}
+check "each row of the workflow's matrix has a kubectl of its Kubernetes version" kubectl_skew_ok
 # Each `run:` step of a workflow, as GitHub runs it (bash -e -o pipefail), through
 # the shellcheck tool; a `${{ }}` expression, which GitHub pastes in before bash sees it,
 # stands in as a variable.

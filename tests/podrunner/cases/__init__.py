@@ -1,0 +1,1 @@
+"""sidemount's end-to-end cases on the pod runner: `python -m podrunner.cases`."""
