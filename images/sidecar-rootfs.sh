@@ -3,8 +3,9 @@
 # installed in the Dockerfile's `helpers` stage: each mount helper, the shared
 # libraries it links (the dynamic loader's own list), the data files it reads, and
 # busybox for a shell and the usual commands. Nothing else of the packages comes
-# along: not perl (s3fs -> mime-support -> mailcap -> perl), not python3
-# (zfsutils-linux, xfsprogs), not apt, dpkg, docs, locales or gconv modules.
+# along: not perl (s3fs -> mime-support -> mailcap -> perl), not python3's
+# standard library beyond the minimal one (zfsutils-linux, xfsprogs), not apt,
+# dpkg, docs, locales or gconv modules.
 # The image therefore has no package manager: extend it by copying files in, or
 # build your own from images/Dockerfile.
 #
@@ -24,7 +25,12 @@ ext4:mkfs.ext4 mke2fs
 xfs:mkfs.xfs
 btrfs:mkfs.btrfs
 zfs:zfs zpool mount.zfs
-'
+bash:bash
+'''
+# Whole packages: python3's interpreter and its minimal standard library. The
+# sidecar does not run it; the end-to-end suites do (their data-safety app runs
+# on this image), and so may a user's `kubectl exec`. 12 MB: see docs/image-and-e2e.md.
+packages='python3-minimal python3.11-minimal libpython3.11-minimal'
 # busybox applets: a shell and what `kubectl exec` and the tests reach for.
 applets='sh ash cat ls cp mv rm mkdir rmdir ln echo printf sleep kill ps tr sed grep awk head tail wc sort
 uniq cut dd sha256sum md5sum test [ true false env id stat df du find xargs chmod chown touch date uname
@@ -71,6 +77,16 @@ echo "$groups" | while IFS=: read -r group programs; do
     copy "$path" "$lists/$group"
     real=$(readlink -f "$path")
     if elf "$real"; then libs "$real" "$lists/$group"; fi
+  done
+done
+
+for package in $packages; do
+  for f in $(dpkg -L "$package"); do
+    case $f in /usr/share/doc/* | /usr/share/man/* | /usr/share/lintian/* | /usr/share/binfmts/*) continue ;; esac
+    [ -d "$f" ] && [ ! -L "$f" ] && continue
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    copy "$f" "$lists/python3"
+    if [ -f "$f" ] && [ ! -L "$f" ] && elf "$f"; then libs "$f" "$lists/python3"; fi
   done
 done
 
