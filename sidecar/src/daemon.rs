@@ -432,6 +432,8 @@ pub enum HelperError {
     Spawn(#[from] SpawnError),
     #[error("`{command}` did not finish within {limit:?}; it was killed")]
     TimedOut { command: String, limit: std::time::Duration },
+    #[error("`{command}` was killed: the volume is being stopped")]
+    Stopped { command: String },
     #[error("`{command}` {status}{}", stderr.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Failed { command: String, status: String, code: Option<i32>, stderr: Option<String> },
 }
@@ -446,17 +448,25 @@ impl HelperError {
     }
 }
 
+/// After this long, a killed helper's process group still there is worth a warning:
+/// a process inside mount(2) dies only when the call returns.
+const GROUP_EXIT_WARN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a helper to completion under `limit` and returns its standard output
 /// (the first [`HELPER_STDOUT`] bytes). A failure quotes the last lines of its
 /// standard error. Both pipes are drained to their end whatever they hold, and
 /// nothing of them reaches the log or an error unredacted: a helper's error
-/// message may echo its environment.
+/// message may echo its environment. When `stop` resolves or `limit` passes, the
+/// helper's process group (its own, with whatever it started) is killed and
+/// awaited: no process of it is left to mount once this returns (one that left
+/// the group with setsid is beyond reach).
 pub async fn run_helper(
     children: &Children,
     argv: &[String],
     env: &BTreeMap<String, String>,
     secrets: &[String],
     limit: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<String, HelperError> {
     let command = argv.join(" ");
     let mut cmd = Command::new(&argv[0]);
@@ -465,12 +475,14 @@ pub async fn run_helper(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(false);
     let redactor = Redactor::new(secrets);
     let mut child = children.spawn(&mut cmd, &argv[0])?;
+    let pid = child.id().map(|p| p as i32);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let waited = tokio::time::timeout(limit, async {
+    let ran = async {
         let mut tail = Tail::default();
         let errors = async {
             if let Some(pipe) = stderr.take() {
@@ -479,14 +491,25 @@ pub async fn run_helper(
         };
         let (out, ()) = tokio::join!(read_head(stdout.take(), HELPER_STDOUT + redactor.lookahead()), errors);
         (children.wait(&mut child).await, out, tail)
-    })
-    .await;
+    };
+    let waited = tokio::select! {
+        biased;
+        _ = stop => Err(HelperError::Stopped { command: command.clone() }),
+        done = tokio::time::timeout(limit, ran) => done.map_err(|_| HelperError::TimedOut { command: command.clone(), limit }),
+    };
     let (status, out, tail) = match waited {
         Ok(done) => done,
-        Err(_) => {
-            let _ = child.start_kill();
+        Err(cut) => {
+            if let Some(pid) = pid {
+                if let Err(err) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+                    tracing::debug!(pid, %err, "helper group not signalled");
+                }
+            }
             let _ = children.wait(&mut child).await;
-            return Err(HelperError::TimedOut { command, limit });
+            if let Some(pid) = pid {
+                await_group(children, pid).await;
+            }
+            return Err(cut);
         }
     };
     let out = String::from_utf8_lossy(&out);
@@ -499,6 +522,27 @@ pub async fn run_helper(
             code: other.as_ref().ok().and_then(|s| s.code()),
             stderr: tail.text(),
         }),
+    }
+}
+
+/// Waits until no process of group `pgid` is left, reaping the orphans among them
+/// (this process is their subreaper). Not bounded: a helper that could still mount
+/// must hold its volume's stop up, so a shutdown that cannot wait for it ends cut
+/// short (exit 1) rather than clean.
+async fn await_group(children: &Children, pgid: i32) {
+    let warn_at = tokio::time::Instant::now() + GROUP_EXIT_WARN;
+    let mut warned = false;
+    loop {
+        children.reap_orphans();
+        // Signal 0 only asks whether the group has a member; ESRCH: none.
+        if killpg(Pid::from_raw(pgid), None::<Signal>) == Err(nix::errno::Errno::ESRCH) {
+            return;
+        }
+        if !warned && tokio::time::Instant::now() >= warn_at {
+            tracing::warn!(pgid, "a killed helper's process group is still there: it may still change the mount table");
+            warned = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -664,13 +708,16 @@ mod tests {
         let argv: Vec<String> = ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' o; echo 'mkfs: error one' >&2; head -c 5000000 /dev/zero | tr '\\0' e >&2; echo >&2; echo 'mkfs: bad pass s3cr3t' >&2; exit 1"]
             .map(String::from)
             .to_vec();
-        let err = run_helper(&children, &argv, &BTreeMap::new(), &["s3cr3t".to_string()], limit).await.unwrap_err();
+        let err =
+            run_helper(&children, &argv, &BTreeMap::new(), &["s3cr3t".to_string()], limit, std::future::pending())
+                .await
+                .unwrap_err();
         let HelperError::Failed { code, stderr: Some(stderr), .. } = &err else { panic!("{err}") };
         assert_eq!(*code, Some(1));
         let long = format!("{}…", "e".repeat(TAIL_LINE_BYTES));
         assert_eq!(stderr, &format!("mkfs: error one | {long} | mkfs: bad pass [redacted]"));
         let argv: Vec<String> = ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' o"].map(String::from).to_vec();
-        let out = run_helper(&children, &argv, &BTreeMap::new(), &[], limit).await.unwrap();
+        let out = run_helper(&children, &argv, &BTreeMap::new(), &[], limit, std::future::pending()).await.unwrap();
         assert_eq!(out.len(), HELPER_STDOUT);
     }
 

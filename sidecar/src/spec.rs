@@ -305,6 +305,11 @@ pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
             );
         }
     }
+    if kind == Some("fuse") {
+        for (i, message) in crate::volume::fuse::unbindable_options(&options) {
+            problem(&format!("options[{i}]"), message);
+        }
+    }
     let env = raw.env.clone().unwrap_or_default();
     for key in env.keys() {
         if !is_env_name(key) {

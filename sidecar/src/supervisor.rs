@@ -59,10 +59,12 @@ pub enum RunError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot set up {what}: {source}")]
     Setup { what: &'static str, source: std::io::Error },
-    #[error("shutdown cut short: {0} still mounted at the deadline")]
+    #[error("shutdown cut short: {0} not taken down by the deadline; the log says what was still running")]
     CutShort(String),
     #[error("writes the app made were not all sent on before the daemons stopped: {0}")]
     Unflushed(String),
+    #[error("shutdown left mounts of its own ({0}): the kubelet cannot remove the pod volume while they are there, and would empty a block or zfs one; the log says why each stayed")]
+    LeftMounted(String),
 }
 
 impl RunError {
@@ -70,7 +72,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::InvalidSpec(_) => 64,
-            RunError::CutShort(_) | RunError::Unflushed(_) => 1,
+            RunError::CutShort(_) | RunError::Unflushed(_) | RunError::LeftMounted(_) => 1,
             _ => 78,
         }
     }
@@ -481,7 +483,9 @@ struct Supervisor {
     /// Volumes being taken down after a spec change, named by their task's result;
     /// a changed one starts again when its old instance is down.
     stopping: JoinSet<String>,
-    stopping_status: BTreeMap<String, SharedStatus>,
+    /// The volumes a spec change is taking down: what `/status` shows of them, and
+    /// what of the mount table is theirs.
+    stopping_status: BTreeMap<String, (SharedStatus, crate::volume::Owned)>,
     /// SIDEMOUNT_ROOT is resolved to its real path (it did not exist at start).
     root_resolved: bool,
     /// SIDEMOUNT_CONFIG has existed: from then on its absence is a write under way.
@@ -649,7 +653,7 @@ impl Supervisor {
             if let Some((_, handle)) = self.volumes.remove(name) {
                 let wanted = matches!(&loaded, Loaded::Volumes(v) if v.iter().any(|v| &v.name == name));
                 info!(volume = %name, change = if wanted { "changed" } else { "removed" }, "taking the volume down");
-                self.stopping_status.insert(name.clone(), handle.status.clone());
+                self.stopping_status.insert(name.clone(), (handle.status.clone(), handle.owned()));
                 let name = name.clone();
                 let deadlines = Deadlines::within(self.settings.shutdown_timeout);
                 self.stopping.spawn(async move {
@@ -707,7 +711,7 @@ impl Supervisor {
                 let done: Vec<String> = self
                     .stopping_status
                     .iter()
-                    .filter(|(_, s)| s.lock().expect("status lock").phase == Phase::Stopped)
+                    .filter(|(_, (s, _))| s.lock().expect("status lock").phase == Phase::Stopped)
                     .map(|(n, _)| n.clone())
                     .collect();
                 done.iter().for_each(|n| drop(self.stopping_status.remove(n)));
@@ -730,7 +734,9 @@ impl Supervisor {
             .keys()
             .filter_map(|name| {
                 let running = self.volumes.get(name).map(|(_, h)| h.status.clone());
-                running.or_else(|| self.refused.get(name).or_else(|| self.stopping_status.get(name)).cloned())
+                running.or_else(|| {
+                    self.refused.get(name).or_else(|| self.stopping_status.get(name).map(|(s, _)| s)).cloned()
+                })
             })
             .collect();
         self.registry.set_volumes(statuses);
@@ -744,13 +750,15 @@ impl Supervisor {
         let mut handles: Vec<(u64, Handle)> = std::mem::take(&mut self.volumes).into_values().collect();
         handles.sort_by_key(|(seq, h)| (!h.is_kernel_mount(), std::cmp::Reverse(*seq)));
         let mut names: Vec<String> = handles.iter().map(|(_, h)| h.volume.name.clone()).collect();
+        let mut owned: Vec<_> = handles.iter().map(|(_, h)| h.owned()).collect();
         let mut statuses: Vec<_> = handles.iter().map(|(_, h)| h.status.clone()).collect();
         // Stops a spec change began go on under their own deadlines, which end
         // before these: they started before the signal, with the same budget.
         let mut changed = std::mem::take(&mut self.stopping);
-        for (name, status) in std::mem::take(&mut self.stopping_status) {
+        for (name, (status, mounts)) in std::mem::take(&mut self.stopping_status) {
             names.push(name);
             statuses.push(status);
+            owned.push(mounts);
         }
         let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
@@ -775,12 +783,21 @@ impl Supervisor {
             // Nothing is mounted under it any more; it goes with the container anyway.
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
         }
+        // The last word is the mount table's, not the tasks': exit 0 only with
+        // nothing of ours left at any mountpoint.
+        let mounted = match MountTable::read_self() {
+            Ok(table) => crate::volume::leftovers(&table, &owned),
+            Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
+        };
         let unflushed = self.ctx.unflushed.take();
         if !unflushed.is_empty() {
-            let also = if left.is_empty() { String::new() } else { format!("; still mounted: {}", left.join(", ")) };
+            let also =
+                if mounted.is_empty() { String::new() } else { format!("; still mounted: {}", mounted.join("; ")) };
             return Err(RunError::Unflushed(format!("{}{also}", unflushed.join("; "))));
         }
-        if left.is_empty() {
+        if !mounted.is_empty() {
+            Err(RunError::LeftMounted(mounted.join("; ")))
+        } else if left.is_empty() {
             info!("every volume is down");
             Ok(())
         } else {

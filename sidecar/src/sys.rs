@@ -1,5 +1,5 @@
-//! The only place that calls mount(2), umount2(2), statfs(2) and capget: the
-//! system calls that change or probe the mount table.
+//! The only place that calls mount(2), umount2(2), statfs(2), statvfs(2) and capget:
+//! the system calls that change or probe the mount table.
 //!
 //! Every call that touches a mountpoint can block forever on a hung FUSE daemon
 //! (the kernel waits for the daemon's answer), so callers go through
@@ -36,6 +36,19 @@ pub trait Sys: Send + Sync + 'static {
     /// Mounts a private tmpfs at `target`: mounts made under it propagate nowhere.
     fn private_tmpfs(&self, target: &Path) -> Result<(), Errno>;
     fn has_cap_sys_admin(&self) -> bool;
+    /// The per-mount flags of the mount at `target` that a bind carries (`MS_RDONLY`,
+    /// `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`, `MS_NODIRATIME`, and one of `MS_NOATIME`,
+    /// `MS_RELATIME`, `MS_STRICTATIME`). A fake kernel need not know them.
+    fn bind_flags(&self, _target: &Path) -> Result<MsFlags, Errno> {
+        Err(Errno::ENOSYS)
+    }
+    /// Sets the per-mount flags of the mount at `target` to exactly `flags` (the set
+    /// [`Sys::bind_flags`] reads), leaving the filesystem alone. Binds made of it
+    /// afterwards, and their propagated copies, carry the same flags; the flags of
+    /// binds made before do not change.
+    fn remount_bind(&self, _target: &Path, _flags: MsFlags) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
 }
 
 /// The real kernel.
@@ -75,6 +88,36 @@ impl Sys for Kernel {
 
     fn has_cap_sys_admin(&self) -> bool {
         caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN).unwrap_or(false)
+    }
+
+    fn bind_flags(&self, target: &Path) -> Result<MsFlags, Errno> {
+        use nix::sys::statvfs::FsFlags;
+        let found = nix::sys::statvfs::statvfs(target)?.flags();
+        let pairs = [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ];
+        let mut flags = pairs.iter().filter(|(st, _)| found.contains(*st)).fold(MsFlags::empty(), |f, (_, ms)| f | *ms);
+        if !flags.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME) {
+            flags |= MsFlags::MS_STRICTATIME;
+        }
+        Ok(flags)
+    }
+
+    fn remount_bind(&self, target: &Path, flags: MsFlags) -> Result<(), Errno> {
+        // MS_REMOUNT|MS_BIND changes only this mount's flags, not the superblock's.
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            None::<&str>,
+        )
     }
 }
 

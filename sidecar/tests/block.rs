@@ -8,50 +8,15 @@
 
 mod support;
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use support::disk::Loop;
 use support::spec::{bindfs, spec};
 use support::{require_tool, wait_for, Ns, Pod};
 
 const READY: Duration = Duration::from_secs(60);
-
-/// A loop device over a sparse file; detached on drop.
-struct Loop {
-    device: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new(size_mib: u64) -> Loop {
-        require_tool("losetup", "mount");
-        let dir = tempfile::Builder::new().prefix("sidemount-disk-").tempdir().unwrap();
-        let image = dir.path().join("disk.img");
-        fs::File::create(&image).unwrap().set_len(size_mib << 20).unwrap();
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(&image).output().unwrap();
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-        let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Loop { device, _dir: dir }
-    }
-
-    fn path(&self) -> &Path {
-        Path::new(&self.device)
-    }
-
-    /// What blkid finds on it now.
-    fn fs_type(&self) -> String {
-        let out = Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", &self.device]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
 
 fn block_spec(name: &str, device: &Path, fs_type: &str, format: bool) -> String {
     format!(

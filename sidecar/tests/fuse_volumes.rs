@@ -507,3 +507,93 @@ fn fifty_volumes_are_started_concurrently() {
          they were not launched concurrently"
     );
 }
+
+/// `options` of a fuse volume are the flags of the bind that brings the daemon's mount
+/// to the pod: with `ro` the app cannot write (EROFS), in its namespace as in the
+/// sidecar's, and a repair after kill -9 keeps it so.
+#[test]
+fn fuse_options_make_the_app_s_view_read_only_across_a_repair() {
+    let pod = Pod::new(&["data"]);
+    let src = source(&pod, "src", "read only\n");
+    let vol = bindfs("data", &src).options(&["ro", "noexec", "noatime"]);
+    let mut sup = pod.supervisor().spec(&spec(&[vol])).start();
+    sup.wait_ready(READY);
+    pod.wait_app_reads("data", "hello", "read only\n", READY);
+    let refused = |what: &str| {
+        let err = pod.app_write("data", "attempt", "x").expect_err(&format!("the app wrote into a ro volume ({what})"));
+        assert!(err.contains("Read-only file system"), "{what}: {err}");
+        let mp = pod.mountpoint("data").join("attempt").display().to_string();
+        let err = pod.sh(Ns::Sidecar, &format!("echo x > {mp}")).expect_err("the sidecar wrote into a ro volume");
+        assert!(err.contains("Read-only file system"), "{what}: {err}");
+        assert!(!src.join("attempt").exists(), "{what}: the write reached the source");
+    };
+    refused("first mount");
+    let flags = |ns: Ns| -> String {
+        let path = if ns == Ns::App { pod.app_dir("data") } else { pod.empty_dir("data") };
+        pod.sh(ns, &format!("findmnt -n -o OPTIONS --mountpoint {} | tail -n 1", path.display())).unwrap()
+    };
+    for ns in [Ns::App, Ns::Node] {
+        let opts = flags(ns);
+        assert!(opts.starts_with("ro,") && opts.contains("noexec") && opts.contains("noatime"), "{ns:?}: {opts}");
+    }
+
+    let daemon = sup.daemon_pid("data");
+    signal(daemon, libc::SIGKILL);
+    wait_for(REPAIR, "the repair", || (repairs(&sup, "data") >= 1.0 && sup.readyz() == Some(200)).then_some(()));
+    pod.wait_app_reads("data", "hello", "read only\n", REPAIR);
+    refused("after the repair");
+    assert_eq!(sup.terminate().0, 0);
+}
+
+/// A subPath mount (the kubelet binds a subdirectory of the volume into the app) is
+/// NOT repaired: the kubelet's bind holds the subdirectory of the mount it was made
+/// from, and a mount made later at the volume's root never propagates into a bind
+/// whose root is below it. After the daemon dies, the app's subPath reads ENOTCONN
+/// while the whole volume reads again. The kernel would let a repair reach it only
+/// through a handle on that subdirectory taken while the mount was alive (the dead
+/// mount's subdirectories can no longer be looked up), i.e. only if sidemount were
+/// told the subPaths in advance. This test pins the limit the README states.
+#[test]
+fn a_subpath_bind_is_not_repaired() {
+    let pod = Pod::with_app_started_late(&["data"]);
+    let src = source(&pod, "src", "root\n");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/inner"), "in sub\n").unwrap();
+    let mut sup = pod.supervisor().spec(&spec(&[bindfs("data", &src)])).start();
+    sup.wait_ready(READY);
+    pod.start_app();
+    // The kubelet: a bind of <emptyDir>/sub under volume-subpaths, in the node's namespace;
+    // the runtime: a bind of that into the app, HostToContainer.
+    let kubelet = pod.path().join("node/pods/volume-subpaths/data/app/0");
+    let app_sub = pod.path().join("app/data-subpath");
+    fs::create_dir_all(&app_sub).unwrap();
+    pod.sh(
+        Ns::Node,
+        &format!(
+            "mkdir -p {k} && mount --bind {e}/sub {k}",
+            k = kubelet.display(),
+            e = pod.empty_dir("data").display()
+        ),
+    )
+    .unwrap();
+    pod.sh(
+        Ns::App,
+        &format!("mount --bind {k} {a} && mount --make-rslave {a}", k = kubelet.display(), a = app_sub.display()),
+    )
+    .unwrap();
+    let read_sub = || pod.sh(Ns::App, &format!("cat {}/inner", app_sub.display()));
+    assert_eq!(read_sub().unwrap(), "in sub\n");
+
+    let daemon = sup.daemon_pid("data");
+    signal(daemon, libc::SIGKILL);
+    wait_for(REPAIR, "the repair", || (repairs(&sup, "data") >= 1.0 && sup.readyz() == Some(200)).then_some(()));
+    pod.wait_app_reads("data", "sub/inner", "in sub\n", REPAIR);
+    let err = read_sub().expect_err("the subPath bind was repaired: update the README's limits");
+    assert!(err.contains("not connected"), "{err}");
+
+    assert_eq!(sup.terminate().0, 0);
+    assert!(pod.node_fuse_mounts("data").is_empty(), "{:#?}", pod.node_fuse_mounts("data"));
+    // What the kubelet itself unmounts when the container goes (its subPath cleanup).
+    pod.sh(Ns::App, &format!("umount {}", app_sub.display())).unwrap();
+    pod.sh(Ns::Node, &format!("umount {}", kubelet.display())).unwrap();
+}

@@ -36,8 +36,14 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// How often a busy mount is tried again while shutting down.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
-/// More layers than this at one mountpoint is not sidemount's doing.
+/// The most layers of a volume at its mountpoint. A repair covers the dead mount
+/// with the new one (an app that captured the dead one sees only mounts made on
+/// top of it), so each adds a layer; past this many, the topmost dead layer is
+/// detached instead of covered.
 const MAX_LAYERS: usize = 64;
+/// Unmount loops end after this many turns that reported success but left the
+/// count of mounts where it was.
+const STALLS: u32 = 3;
 /// After a second signal, how long a signalled daemon gets to flush and exit.
 const HURRY_GRACE: Duration = Duration::from_secs(1);
 /// How long a daemon whose mount is gone gets to exit on its own.
@@ -172,7 +178,7 @@ impl Handle {
             ctx,
             status: status.clone(),
             table,
-            stop: stop_rx,
+            stop: Stop::new(stop_rx),
             secret_read: Default::default(),
             writeback: None,
         };
@@ -193,6 +199,41 @@ impl Handle {
     pub fn is_kernel_mount(&self) -> bool {
         self.volume.source.is_kernel_mount()
     }
+
+    /// Where the volume mounts, and which mounts there are its own: what the
+    /// shutdown checks is gone once the task has stopped.
+    pub fn owned(&self) -> Owned {
+        let mountpoint = self.status.lock().expect("status lock").mountpoint.clone();
+        Owned { name: self.volume.name.clone(), mountpoint, matcher: Matcher::for_volume(&self.volume.source) }
+    }
+}
+
+/// A volume's mountpoint and what of it is the volume's (see [`Handle::owned`]).
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub name: String,
+    pub mountpoint: PathBuf,
+    pub matcher: Matcher,
+}
+
+/// What the volumes still have mounted at their mountpoints, one line per volume
+/// (`data: 2 fuse.bindfs mounts at /sidemount/data`); empty when nothing is left.
+pub fn leftovers(table: &MountTable, volumes: &[Owned]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter_map(|v| {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for m in table.mounts.iter().filter(|m| m.mount_point == v.mountpoint && v.matcher.matches(m)) {
+                *kinds.entry(m.fs_type.as_str()).or_default() += 1;
+            }
+            if kinds.is_empty() {
+                return None;
+            }
+            let what: Vec<String> =
+                kinds.iter().map(|(fs, n)| format!("{n} {fs} mount{}", if *n == 1 { "" } else { "s" })).collect();
+            Some(format!("{}: {} at {}", v.name, what.join(", "), v.mountpoint.display()))
+        })
+        .collect()
 }
 
 /// Which mounts at the mountpoint are this volume's.
@@ -243,11 +284,82 @@ struct Task {
     ctx: Context,
     status: SharedStatus,
     table: watch::Receiver<Arc<MountTable>>,
-    stop: oneshot::Receiver<Deadlines>,
+    stop: Stop,
     /// A read of the secretDir is under way (or stuck on a hung filesystem).
     secret_read: Arc<std::sync::atomic::AtomicBool>,
     /// How to ask the running daemon about the writes it has yet to send.
     writeback: Option<flush::Writeback>,
+}
+
+/// The request to take the volume down: received once, then remembered, so every
+/// step (a mount helper, a wait, a backoff) can see it.
+struct Stop {
+    rx: Option<oneshot::Receiver<Deadlines>>,
+    got: Option<Deadlines>,
+}
+
+impl Stop {
+    fn new(rx: oneshot::Receiver<Deadlines>) -> Stop {
+        Stop { rx: Some(rx), got: None }
+    }
+
+    /// Resolves once a stop is requested (at once if it was already). Cancel-safe.
+    async fn recv(&mut self) -> Deadlines {
+        if let Some(deadlines) = self.got {
+            return deadlines;
+        }
+        let deadlines = match self.rx.as_mut() {
+            Some(rx) => rx.await.unwrap_or_else(|_| supervisor_gone()),
+            None => std::future::pending().await,
+        };
+        self.rx = None;
+        self.got = Some(deadlines);
+        deadlines
+    }
+
+    /// The stop, if one was requested by now.
+    fn requested(&mut self) -> Option<Deadlines> {
+        if self.got.is_none() {
+            if let Some(rx) = self.rx.as_mut() {
+                match rx.try_recv() {
+                    Ok(deadlines) => self.got = Some(deadlines),
+                    Err(oneshot::error::TryRecvError::Closed) => self.got = Some(supervisor_gone()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                if self.got.is_some() {
+                    self.rx = None;
+                }
+            }
+        }
+        self.got
+    }
+}
+
+/// Counts the turns of an unmount loop that claimed success and removed nothing.
+#[derive(Default)]
+struct Progress {
+    last: Option<usize>,
+    claimed: bool,
+    stalls: u32,
+}
+
+impl Progress {
+    /// Called at the top of each turn with the mounts left: true once the loop has
+    /// stalled, i.e. the kernel keeps saying yes and nothing goes.
+    fn stalled(&mut self, left: usize) -> bool {
+        match self.last {
+            Some(last) if self.claimed && left >= last => self.stalls += 1,
+            Some(last) if left < last => self.stalls = 0,
+            _ => {}
+        }
+        self.last = Some(left);
+        self.claimed = false;
+        self.stalls >= STALLS
+    }
+
+    fn unmounted(&mut self) {
+        self.claimed = true;
+    }
 }
 
 /// How one start of the volume ended.
@@ -350,7 +462,7 @@ impl Task {
                     match self.serve(starts).await {
                         Served::Stopped => return,
                         Served::Refused => {
-                            let deadlines = stop_or_now((&mut self.stop).await);
+                            let deadlines = self.stop.recv().await;
                             return self.teardown(Keeper::Kernel, deadlines).await;
                         }
                         Served::Failed { stable: true } => failures = 0,
@@ -365,7 +477,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return self.teardown(Keeper::Kernel, stop_or_now(deadlines)).await,
+                deadlines = self.stop.recv() => return self.teardown(Keeper::Kernel, deadlines).await,
                 _ = sleep(delay) => {}
             }
         }
@@ -411,6 +523,13 @@ impl Task {
         let mut keeper = match self.start(&env, &secrets).await {
             Ok(keeper) => keeper,
             Err(message) => {
+                if let Some(deadlines) = self.stop.requested() {
+                    // Its helpers are killed and gone; whatever one of them mounted
+                    // before it died is taken down like any other mount.
+                    info!(%message, "stopped while mounting");
+                    self.teardown(Keeper::Kernel, deadlines).await;
+                    return Served::Stopped;
+                }
                 self.fail(message);
                 return Served::Failed { stable: false };
             }
@@ -421,6 +540,11 @@ impl Task {
         let mount_id = match self.await_mount(&mut keeper).await {
             Event::Mounted(id) => id,
             Event::Stop(deadlines) => {
+                // Not bound to the mountpoint yet: no app wrote through it, nothing
+                // to flush, so the daemon is told to go now rather than at `busy`.
+                if let Keeper::Daemon(daemon) = &keeper {
+                    daemon.signal(Signal::SIGTERM);
+                }
                 self.teardown(keeper, deadlines).await;
                 return Served::Stopped;
             }
@@ -556,14 +680,24 @@ impl Task {
         Ok(Keeper::Daemon(Box::new(daemon)))
     }
 
+    /// Runs a mount helper; a stop kills it (see `run_helper`), and once a stop is
+    /// requested no helper starts.
     async fn helper(
-        &self,
+        &mut self,
         argv: Vec<String>,
         env: &BTreeMap<String, String>,
         secrets: &[String],
     ) -> Result<String, HelperError> {
+        if self.stop.requested().is_some() {
+            return Err(HelperError::Stopped { command: argv.join(" ") });
+        }
         debug!(command = %argv.join(" "), "running");
-        run_helper(&self.ctx.children, &argv, env, secrets, self.ctx.mount_timeout).await
+        let children = self.ctx.children.clone();
+        let stop = &mut self.stop;
+        run_helper(&children, &argv, env, secrets, self.ctx.mount_timeout, async move {
+            stop.recv().await;
+        })
+        .await
     }
 
     async fn mount_zfs(
@@ -624,8 +758,9 @@ impl Task {
         self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
     }
 
-    async fn warn_on_zfs_version_mismatch(&self) {
-        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &self.volume.env, &[]).await {
+    async fn warn_on_zfs_version_mismatch(&mut self) {
+        let env = self.volume.env.clone();
+        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &env, &[]).await {
             Ok(output) => {
                 if let Some((user, kmod)) = zfs::version_mismatch(&output) {
                     warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
@@ -653,6 +788,9 @@ impl Task {
                 if !self.has_daemon() {
                     return Event::Mounted(id);
                 }
+                if let Some(deadlines) = self.stop.requested() {
+                    return Event::Stop(deadlines);
+                }
                 return match self.attach().await {
                     Ok(id) => Event::Mounted(id),
                     Err(message) => Event::Unattached(message),
@@ -661,7 +799,7 @@ impl Task {
             // A kernel mount is done when its helper returns: the event is on its way.
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => {
                     let _ = self.table.borrow_and_update();
                     return Event::Exited(status);
@@ -680,7 +818,7 @@ impl Task {
         loop {
             tokio::select! {
                 biased;
-                deadlines = &mut self.stop => return Event::Stop(stop_or_now(deadlines)),
+                deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => return Event::Exited(status),
                 changed = self.table.changed() => {
                     if changed.is_err() {
@@ -788,10 +926,15 @@ impl Task {
     /// aborted and detached. The stage is private: nothing propagates from it.
     async fn release_stage(&self, abort: bool) -> Result<(), String> {
         let stage = self.stage_path();
-        for _ in 0..MAX_LAYERS {
+        let mut progress = Progress::default();
+        loop {
             let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
-            if !table.is_mount_point(&stage) {
+            let left = table.mounts.iter().filter(|m| m.mount_point == stage).count();
+            if left == 0 {
                 return Ok(());
+            }
+            if progress.stalled(left) {
+                return Err(format!("the mounts at the staging directory {} would not go away", stage.display()));
             }
             let how = if abort { Unmount::Abort } else { Unmount::Clean };
             match self.unmount_at(&stage, how).await {
@@ -802,8 +945,43 @@ impl Task {
                     .await
                     .map_err(|e| format!("cannot unmount the staging directory {}: {e}", stage.display()))?,
             }
+            progress.unmounted();
         }
-        Err(format!("too many mounts at the staging directory {}", stage.display()))
+    }
+
+    /// Keeps the layers at the mountpoint below MAX_LAYERS before a bind adds one:
+    /// the topmost layers of this volume are detached (lazily: files open on them
+    /// stay usable) until there is room. The pod volume's own bind, at the bottom,
+    /// is never touched.
+    ///
+    /// Why the topmost: no container can be shown not to have captured a layer (the
+    /// runtime binds whatever is on top when it starts one), and a layer that is
+    /// taken away strands whoever captured it. The most recent layer was on top for
+    /// the shortest time, while the bottom ones hold the apps started with the pod,
+    /// which keep receiving every repair.
+    async fn trim_layers(&self) -> Result<(), String> {
+        let mut progress = Progress::default();
+        loop {
+            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            let stack = table.stack_at(&self.mountpoint);
+            let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
+            let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
+            if ours < MAX_LAYERS || stack.len() < 2 || !top_is_ours {
+                return Ok(());
+            }
+            if progress.stalled(stack.len()) {
+                return Err("the layers at the mountpoint would not go away".into());
+            }
+            self.unmount(Unmount::Detach)
+                .await
+                .map_err(|e| format!("cannot detach the topmost of {ours} layers at the mountpoint: {e}"))?;
+            progress.unmounted();
+            warn!(
+                layers = ours,
+                max = MAX_LAYERS,
+                "too many layers at the mountpoint: detached the topmost instead of covering it; an app container that started while it was on top reads ENOTCONN until it restarts"
+            );
+        }
     }
 
     /// Binds the daemon's mount from the stage onto the mountpoint, on top of
@@ -816,6 +994,10 @@ impl Task {
         let before = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
+        }
+        self.trim_layers().await?;
+        if let Source::Fuse { .. } = self.volume.source {
+            self.apply_options(&stage).await?;
         }
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
@@ -832,6 +1014,29 @@ impl Task {
                 .collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
+    }
+
+    /// Gives the daemon's mount at the stage the flags of `options` (`ro`, `nosuid`,
+    /// `noatime` ...). Done there, before the bind: binds copy the flags of what they
+    /// bind, and so do the copies propagated to the node and the apps, while a
+    /// remount of the bind at the mountpoint would change the sidecar's view only.
+    async fn apply_options(&self, stage: &Path) -> Result<(), String> {
+        if self.volume.options.is_empty() {
+            return Ok(());
+        }
+        let (sys, stage, options) = (self.ctx.sys.clone(), stage.to_path_buf(), self.volume.options.clone());
+        let applied = bounded(self.ctx.check_timeout, move || {
+            let current = sys.bind_flags(&stage)?;
+            sys.remount_bind(&stage, fuse::bind_flags(current, &options))
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(errno)) => {
+                Err(format!("cannot apply options {:?} to the daemon's mount: {errno}", self.volume.options))
+            }
+            Err(_) => Err("applying the options to the daemon's mount did not return".into()),
+        }
     }
 
     async fn statfs(&self) -> Result<(), String> {
@@ -896,10 +1101,12 @@ impl Task {
             Keeper::Kernel => Instant::now(),
             Keeper::Daemon(_) => deadlines.busy,
         };
-        // Every layer: a repaired FUSE volume has the dead mounts it covered below its own.
+        // Every layer: a repaired FUSE volume has the dead mounts it covered below its
+        // own, and an earlier instance may have left any number. The loop ends when
+        // none is left, when unmounting stops making progress, or at `last`.
         let mut layers = 0;
-        // Bounded by layers, not by tries: a busy mount is tried again until `busy`.
-        while layers < MAX_LAYERS {
+        let mut progress = Progress::default();
+        loop {
             let table = match MountTable::read_self() {
                 Ok(table) => table,
                 Err(err) => {
@@ -914,12 +1121,21 @@ impl Task {
                 debug!(layers, "no layer left at the mountpoint");
                 break;
             }
+            if progress.stalled(table.mounts.iter().filter(|m| m.mount_point == self.mountpoint).count()) {
+                error!(left = ours, "unmounting makes no progress: layers stay at the mountpoint");
+                break;
+            }
+            if Instant::now() >= deadlines.last {
+                error!(left = ours, "shutdown deadline reached: layers stay at the mountpoint");
+                break;
+            }
             match self.unmount(Unmount::Clean).await {
                 Ok(()) => layers += 1,
                 Err(UnmountError::Refused(Errno::EBUSY)) if Instant::now() < busy && !*self.ctx.hurry.borrow() => {
                     debug!("busy; trying again");
                     let retry = Instant::now() + BUSY_RETRY.min(busy.saturating_duration_since(Instant::now()));
                     self.until(retry, Duration::ZERO).await;
+                    continue;
                 }
                 Err(UnmountError::Refused(Errno::EBUSY)) => match self.unmount(Unmount::Detach).await {
                     Ok(()) => {
@@ -932,8 +1148,9 @@ impl Task {
                     }
                 },
                 Err(UnmountError::Refused(errno @ (Errno::EINVAL | Errno::ENOENT))) => {
-                    debug!(%errno, "nothing more to unmount");
-                    break;
+                    // Gone meanwhile, or not unmountable: the next turn reads the table again,
+                    // and the progress guard ends a loop that keeps getting this.
+                    debug!(%errno, "nothing unmounted");
                 }
                 Err(err) => {
                     warn!(%err, "clean unmount impossible: aborting and detaching");
@@ -944,6 +1161,7 @@ impl Task {
                     layers += 1;
                 }
             }
+            progress.unmounted();
         }
         if layers > 0 {
             info!(layers, "unmounted");
@@ -978,6 +1196,11 @@ impl Task {
                 }
             };
             info!(pid, status = %describe_exit(&status), "daemon exited");
+            // A daemon that was killed, or never bound, may have left its mount at the
+            // stage: private, but it goes too.
+            if let Err(message) = self.release_stage(true).await {
+                error!(%message, "the staged mount could not be removed");
+            }
         }
         self.set(|s| {
             s.phase = Phase::Stopped;
@@ -1013,9 +1236,9 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
 }
 
-fn stop_or_now(received: Result<Deadlines, oneshot::error::RecvError>) -> Deadlines {
-    // A dropped handle means the supervisor is gone: take the volume down quickly.
-    received.unwrap_or_else(|_| Deadlines::within(Duration::from_secs(5)))
+/// A dropped handle means the supervisor is gone: take the volume down quickly.
+fn supervisor_gone() -> Deadlines {
+    Deadlines::within(Duration::from_secs(5))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1209,6 +1432,78 @@ mod tests {
         let started = Instant::now();
         check_many(&statuses, &sys, timeout).await;
         assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn leftovers_name_each_volume_with_mounts_of_its_own() {
+        let text = "1400 1390 0:120 / / rw master:1 - overlay overlay rw\n\
+                    1501 1400 0:140 / /sidemount/data rw shared:430 - tmpfs tmpfs rw\n\
+                    1601 1501 0:141 / /sidemount/data rw shared:431 - fuse.bindfs bindfs rw\n\
+                    1602 1601 0:142 / /sidemount/data rw shared:432 - fuse.bindfs bindfs rw\n\
+                    1502 1400 0:143 / /sidemount/disk rw shared:433 - tmpfs tmpfs rw\n\
+                    1603 1502 7:3 / /sidemount/disk rw shared:434 - ext4 /dev/loop3 rw\n\
+                    1504 1400 0:144 / /sidemount/clean rw shared:435 - tmpfs tmpfs rw\n";
+        let table = MountTable::parse(text.as_bytes()).unwrap();
+        let owned = |name: &str, matcher: Matcher| Owned {
+            name: name.into(),
+            mountpoint: Path::new("/sidemount").join(name),
+            matcher,
+        };
+        let volumes = [
+            owned("data", Matcher::Fuse),
+            owned("disk", Matcher::Source("/dev/loop3".into())),
+            owned("clean", Matcher::Fuse),
+        ];
+        assert_eq!(
+            leftovers(&table, &volumes),
+            [
+                "data: 2 fuse.bindfs mounts at /sidemount/data".to_string(),
+                "disk: 1 ext4 mount at /sidemount/disk".to_string(),
+            ]
+        );
+        // The pod volume's own bind is not the volume's: nothing left.
+        assert!(leftovers(&table, &[owned("disk", Matcher::Source("/dev/loop9".into()))]).is_empty());
+    }
+
+    #[test]
+    fn unmount_loops_end_when_nothing_goes() {
+        let mut p = Progress::default();
+        // Each claimed unmount takes one away: never stalled, however many there are.
+        for left in (1..=500).rev() {
+            assert!(!p.stalled(left));
+            p.unmounted();
+        }
+        // Busy turns (nothing claimed) are not stalls: the deadline bounds them.
+        let mut p = Progress::default();
+        for _ in 0..100 {
+            assert!(!p.stalled(7));
+        }
+        // Claimed, and the count stays: STALLS such turns, and the next check ends the loop.
+        let turns = (0..10)
+            .take_while(|_| {
+                let stalled = p.stalled(7);
+                p.unmounted();
+                !stalled
+            })
+            .count();
+        assert_eq!(turns, STALLS as usize);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stop_is_seen_by_every_later_step() {
+        let (tx, rx) = oneshot::channel();
+        let mut stop = Stop::new(rx);
+        assert!(stop.requested().is_none());
+        let deadlines = Deadlines::within(Duration::from_secs(4));
+        tx.send(deadlines).unwrap();
+        assert_eq!(stop.requested().map(|d| d.last), Some(deadlines.last));
+        // Received once, it stays: awaiting again returns at once instead of panicking.
+        assert_eq!(stop.recv().await.last, deadlines.last);
+        assert_eq!(stop.recv().await.last, deadlines.last);
+        // A supervisor that is gone is a stop too.
+        let (tx, rx) = oneshot::channel::<Deadlines>();
+        drop(tx);
+        assert!(Stop::new(rx).requested().is_some());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod http;
 pub mod moto;
 pub mod mountinfo;

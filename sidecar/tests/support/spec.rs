@@ -15,6 +15,7 @@ pub struct FuseVolume {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub secret_dir: Option<String>,
+    pub options: Vec<String>,
 }
 
 impl FuseVolume {
@@ -24,7 +25,14 @@ impl FuseVolume {
             command: command.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             secret_dir: None,
+            options: Vec::new(),
         }
+    }
+
+    /// `options:` (for type fuse: the flags of the bind, e.g. `ro`).
+    pub fn options(mut self, options: &[&str]) -> Self {
+        self.options = options.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -42,6 +50,10 @@ impl FuseVolume {
         writeln!(out, "- name: {}", q(&self.name)).unwrap();
         writeln!(out, "  type: fuse").unwrap();
         writeln!(out, "  command: [{}]", cmd.join(", ")).unwrap();
+        if !self.options.is_empty() {
+            let options: Vec<String> = self.options.iter().map(|s| q(s)).collect();
+            writeln!(out, "  options: [{}]", options.join(", ")).unwrap();
+        }
         if !self.env.is_empty() {
             writeln!(out, "  env:").unwrap();
             for (k, v) in &self.env {
