@@ -234,6 +234,17 @@ def kustomize_plain_component(scenario):
         pod.sh("app", 'echo "via the plain component, as 1000" > /data/plain.txt')
         if not wait_for(60, lambda: world.s3.get(BUCKET, "plain/plain.txt") == b"via the plain component, as 1000\n"):
             fail("the bucket does not hold plain/plain.txt")
+        # The subPath is the volume's own mountpoint (its directory in the shared
+        # emptyDir), so a repair, bound on top of it, reaches the app's bind.
+        before = status(pod)["volumes"][0]["pid"]
+        pod.sh("sidemount", f"kill -9 {before}")
+        if not wait_for(60, lambda: (lambda v: v["state"] == "ready" and v["repairs"] >= 1)(status(pod)["volumes"][0])):
+            fail(f"not repaired in 60s: {status(pod)}")
+        if not wait_for(30, lambda: pod.sh("app", 'echo "after the repair" > /data/after.txt') is not None):
+            fail("the app cannot write /data (its subPath) after the repair")
+        if not wait_for(60, lambda: world.s3.get(BUCKET, "plain/after.txt") == b"after the repair\n"):
+            fail("the bucket does not hold the write made after the repair")
+        scenario.note(f"rclone (pid {before}) killed and repaired: the app writes through its subPath again")
         check_clean_delete(scenario, pod, pod.delete())
 
 
