@@ -11,8 +11,8 @@
 #   2. The binary: built on the host with cargo (release, stripped, --locked) and
 #      given to the Dockerfile's `prebuilt` stage (SIDEMOUNT_BINARY=prebuilt), since
 #      no Rust image can be pulled. The host must be bookworm or older (glibc).
-#      The build context is a staging folder holding only that binary and
-#      images/objectivefs/.
+#      The build context is a staging folder holding only that binary,
+#      images/objectivefs/ and images/sidecar-rootfs.sh.
 #   3. BuildKit through whatever client can do it: the buildx plugin, or else a
 #      Docker client older than 23 (Debian's docker.io), which has it built in.
 #
@@ -229,6 +229,7 @@ else
   mkdir -p "$ctx/target/release" "$ctx/images"
   cp "$binary" "$ctx/target/release/sidemount"
   cp -r "$OBJECTIVEFS_DIR" "$ctx/images/objectivefs"
+  cp "$repo/images/sidecar-rootfs.sh" "$ctx/images/"
   binary_args=(--build-arg SIDEMOUNT_BINARY=prebuilt)
 fi
 

@@ -317,6 +317,8 @@ mod tests {
             env: Default::default(),
             secret_dir: None,
             secret_name: None,
+            uid: None,
+            gid: None,
         };
         let mut status = Status::new(&volume, "/sidemount/data".as_ref());
         status.phase = phase;

@@ -16,6 +16,10 @@ pub const BLOCK_FS_TYPES: &[&str] = &["ext4", "xfs", "btrfs"];
 
 /// The placeholder in a `fuse` command replaced with the volume's mountpoint.
 pub const MOUNTPOINT_PLACEHOLDER: &str = "{mountpoint}";
+/// The placeholders in a `fuse` command replaced with the volume's `uid` and
+/// `gid`: the user and group the app runs as (0 when the spec gives none).
+pub const UID_PLACEHOLDER: &str = "{uid}";
+pub const GID_PLACEHOLDER: &str = "{gid}";
 
 /// One volume as written by the user. Every field is optional here so that
 /// validation, not the parser, reports what is missing.
@@ -49,6 +53,14 @@ pub struct RawVolume {
     pub fs_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<bool>,
+    /// The user the app containers run as, so a non-root app can use the mount:
+    /// `{uid}` in a command; objectivefs gets `allow_other,uid=`. Injection fills
+    /// it from the containers' `runAsUser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Their group (`{gid}`; objectivefs gets `gid=`): `fsGroup`, else `runAsGroup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// A property value in `create:`; YAML may give `10G`, `1024` or `true`.
@@ -90,6 +102,9 @@ pub struct Volume {
     pub env: BTreeMap<String, String>,
     pub secret_dir: Option<PathBuf>,
     pub secret_name: Option<String>,
+    /// The app's user and group, when the spec names them.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// What a volume is made of; one variant per `type`.
@@ -309,6 +324,12 @@ pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
             problem("secretDir", format!("{} must be an absolute path", dir.display()));
         }
     }
+    for (field, id) in [("uid", raw.uid), ("gid", raw.gid)] {
+        // (uid_t)-1 means "unchanged" to the kernel, never a user.
+        if id == Some(u32::MAX) {
+            problem(field, format!("{} is not a {field}: give the number the app runs as, e.g. 1000", u32::MAX));
+        }
+    }
     if let Some(secret) = &raw.secret_name {
         if let Err(why) = check_dns_subdomain(secret) {
             problem("secretName", format!("{secret:?} is not a valid Secret name: {why}"));
@@ -429,6 +450,8 @@ pub fn validate(raw: &RawVolume) -> Result<Volume, Vec<(String, String)>> {
             env,
             secret_dir: raw.secret_dir.clone(),
             secret_name: raw.secret_name.clone(),
+            uid: raw.uid,
+            gid: raw.gid,
         }),
         _ => Err(problems),
     }
@@ -654,6 +677,17 @@ volumes:
         assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, env: {1X: y}}"), ["volumes[0].env.1X"]);
         assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, secretDir: rel}"), ["volumes[0].secretDir"]);
         assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, secretName: Bad_Name}"), ["volumes[0].secretName"]);
+    }
+
+    #[test]
+    fn reads_the_apps_uid_and_gid() {
+        let vols =
+            load_one("- {name: a, type: fuse, command: [x, '{mountpoint}', '{uid}'], uid: 1000, gid: 2000}").unwrap();
+        assert_eq!((vols[0].uid, vols[0].gid), (Some(1000), Some(2000)));
+        assert_eq!((load_one("- {name: a, type: zfs, dataset: p/a}").unwrap()[0].uid), None);
+        assert_eq!(fields("- {name: a, type: zfs, dataset: p/a, uid: 4294967295}"), ["volumes[0].uid"]);
+        assert!(load_one("- {name: a, type: zfs, dataset: p/a, gid: -1}").is_err());
+        assert!(load_one("- {name: a, type: zfs, dataset: p/a, uid: '1000'}").is_err());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum RunError {
     NoDevice { volume: String, device: PathBuf },
     #[error("volume {volume}: {message}")]
     Credentials { volume: String, message: String },
+    #[error("volume {volume}: its secretName {secret:?} is not mounted at {}: add a Secret volume for {secret:?} and mount it read-only at that path in the sidemount container", dir.display())]
+    SecretNotMounted { volume: String, secret: String, dir: PathBuf },
     #[error("cannot read the mount table: {0}")]
     MountTable(std::io::Error),
     #[error("cannot serve the probe endpoints on {addr}: {source}; set SIDEMOUNT_LISTEN to a free address")]
@@ -143,6 +145,13 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
                 return Err(RunError::MissingProgram { volume: volume.name.clone(), program, from_command });
             }
         }
+        // A secretName the supervisor resolved itself: no injection mounted it.
+        if let (Some(secret), Some(dir)) = (&volume.secret_name, &volume.secret_dir) {
+            if !(env.path_exists)(dir) {
+                let (volume, secret, dir) = (volume.name.clone(), secret.clone(), dir.clone());
+                return Err(RunError::SecretNotMounted { volume, secret, dir });
+            }
+        }
         if volume.secret_dir.is_some() || matches!(volume.source, Source::ObjectiveFs { .. }) {
             (env.credentials)(volume)
                 .map_err(|message| RunError::Credentials { volume: volume.name.clone(), message })?;
@@ -171,10 +180,38 @@ pub fn load_specs(config: &Path, inline: Option<&str>, reading: Reading) -> Load
     match spec::read_sources(config, inline, reading) {
         Err(unreadable) => Loaded::Unreadable(unreadable),
         Ok(sources) => match spec::load(&sources) {
-            Ok(volumes) => Loaded::Volumes(volumes),
+            Ok(mut volumes) => {
+                volumes.iter_mut().for_each(resolve_secret_name);
+                Loaded::Volumes(volumes)
+            }
             Err(invalid) => Loaded::Invalid(invalid),
         },
     }
+}
+
+/// A spec read as the pod annotation is written (the kustomize component hands
+/// the annotation over through the downward API, with no injection to turn
+/// `secretName` into `secretDir`): the Secret of volume `X` is expected where
+/// injection would mount it, `/etc/sidemount/secrets/X`. A `secretDir` wins.
+pub fn resolve_secret_name(volume: &mut Volume) {
+    if volume.secret_name.is_some() && volume.secret_dir.is_none() {
+        volume.secret_dir = Some(crate::inject::secret_dir(&volume.name));
+    }
+}
+
+/// The mountpoints to create: with one Bidirectional mount at the root (the
+/// kustomize component's layout, one shared emptyDir), a volume's directory
+/// under it does not exist until the supervisor makes it.
+pub fn missing_mountpoints(
+    volumes: &[Volume],
+    root: &Path,
+    table: &MountTable,
+    exists: &dyn Fn(&Path) -> bool,
+) -> Vec<PathBuf> {
+    if !table.is_mount_point(root) || table.holder_of(root).and_then(|m| m.shared).is_none() {
+        return Vec::new();
+    }
+    volumes.iter().map(|v| root.join(&v.name)).filter(|mp| !table.is_mount_point(mp) && !exists(mp)).collect()
 }
 
 /// What a reconcile does with each volume.
@@ -238,6 +275,11 @@ async fn check_environment(
 ) -> Result<(), RunError> {
     let table = MountTable::read_self().map_err(RunError::MountTable)?;
     let exists = |p: &Path| p.exists();
+    for mountpoint in missing_mountpoints(volumes, root, &table, &exists) {
+        std::fs::create_dir(&mountpoint)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .map_err(|source| RunError::Setup { what: "a mountpoint under the shared SIDEMOUNT_ROOT", source })?;
+    }
     let find = |program: &str| which::which(program).is_ok();
     // Read first, each under the check timeout: a secretDir on a hung filesystem
     // is refused, it does not hang the supervisor.
@@ -902,6 +944,59 @@ mod tests {
         // Not its own bind: it lives on the container's root, which is a slave.
         let err = preflight(&[fuse("other")], Path::new("/sidemount"), &env(&t, &yes, &found)).unwrap_err();
         assert!(err.to_string().contains("slave overlay mount at /"), "{err}");
+    }
+
+    #[test]
+    fn one_shared_mount_at_the_root_serves_every_volume() {
+        // The kustomize component's layout: one shared emptyDir at /sidemount.
+        let t = table("sidecar-shared-root");
+        let (yes, found) = (|_: &Path| true, |_: &str| true);
+        preflight(&[fuse("data"), fuse("new")], Path::new("/sidemount"), &env(&t, &yes, &found)).unwrap();
+        // A volume's directory is made when it is missing, and only under a shared root mount.
+        let absent = |p: &Path| p != Path::new("/sidemount/new");
+        let volumes = [fuse("data"), fuse("new")];
+        assert_eq!(
+            missing_mountpoints(&volumes, Path::new("/sidemount"), &t, &absent),
+            [PathBuf::from("/sidemount/new")]
+        );
+        let nothing = |_: &Path| false;
+        assert!(missing_mountpoints(&volumes, Path::new("/etc/sidemount/pod"), &t, &nothing).is_empty(), "not shared");
+        let per_volume = table("sidecar-with-volume");
+        assert!(missing_mountpoints(&volumes, Path::new("/sidemount"), &per_volume, &nothing).is_empty());
+    }
+
+    #[test]
+    fn a_secret_name_resolves_to_where_injection_mounts_it() {
+        let mut volume = spec::validate(&spec::RawVolume {
+            name: Some("bucket".into()),
+            kind: Some("fuse".into()),
+            command: Some(vec!["s3fs".into(), "{mountpoint}".into()]),
+            secret_name: Some("s3-credentials".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        resolve_secret_name(&mut volume);
+        assert_eq!(volume.secret_dir.as_deref(), Some(Path::new("/etc/sidemount/secrets/bucket")));
+        let t = table("sidecar-shared-root");
+        let found = |_: &str| true;
+        let no_secret = |p: &Path| !p.starts_with("/etc/sidemount/secrets");
+        let err = preflight(std::slice::from_ref(&volume), Path::new("/sidemount"), &env(&t, &no_secret, &found))
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 78);
+        let text = err.to_string();
+        assert!(text.contains("\"s3-credentials\"") && text.contains("/etc/sidemount/secrets/bucket"), "{text}");
+        let yes = |_: &Path| true;
+        preflight(std::slice::from_ref(&volume), Path::new("/sidemount"), &env(&t, &yes, &found)).unwrap();
+
+        // A secretDir given with it wins; a spec made by injection has no secretName left.
+        let mut both = volume.clone();
+        both.secret_dir = Some("/own".into());
+        resolve_secret_name(&mut both);
+        assert_eq!(both.secret_dir.as_deref(), Some(Path::new("/own")));
+        let mut plain = fuse("data");
+        resolve_secret_name(&mut plain);
+        assert_eq!(plain.secret_dir, None);
+        preflight(&[plain], Path::new("/sidemount"), &env(&t, &no_secret, &found)).unwrap();
     }
 
     #[test]

@@ -33,7 +33,10 @@ const WEBHOOK_IMAGE: &str = concat!("ghcr.io/sidemount/sidemount-webhook:", env!
 /// The examples a user applies with the webhook installed.
 const EXAMPLES: [&str; 4] = ["objectivefs", "zfs", "block", "s3"];
 /// Kustomizations that only render with the sidecar component's plugin.
-const NEED_PLUGINS: [&str; 1] = ["examples/no-webhook"];
+const NEED_PLUGINS: [&str; 1] = ["examples/no-webhook-plugin"];
+/// The plain component and its base of every kind it serves.
+const PLAIN_COMPONENT: &str = "components/sidecar-plain";
+const PLAIN_BASE: &str = "plain-all-kinds";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
@@ -268,16 +271,22 @@ fn validate(yaml: &str, what: &str) -> Vec<String> {
 fn every_kustomization_renders_and_every_object_validates() {
     let found = kustomizations();
     let dirs: Vec<&str> = found.iter().map(|(dir, _)| dir.as_str()).collect();
-    for expected in ["webhook", "webhook/base", "webhook/certgen", "webhook/cert-manager", "components/sidecar"] {
+    for expected in
+        ["webhook", "webhook/base", "webhook/certgen", "webhook/cert-manager", "components/sidecar", PLAIN_COMPONENT]
+    {
         assert!(dirs.contains(&expected), "no kustomization at kustomize/{expected}: found {dirs:?}");
     }
-    for example in EXAMPLES.iter().chain(&["no-webhook"]) {
+    for example in EXAMPLES.iter().chain(&["no-webhook", "no-webhook-plugin"]) {
         assert!(dirs.contains(&format!("examples/{example}").as_str()), "no example {example}: found {dirs:?}");
     }
     let mut cert_manager_kinds = Vec::new();
     for (dir, kind) in &found {
         let path = kustomize_dir().join(dir);
-        let (yaml, what) = if kind == "Component" {
+        let (yaml, what) = if kind == "Component" && dir == PLAIN_COMPONENT {
+            // Built as kubectl apply -k, Flux and Argo CD build: no plugin, no flag.
+            let over = overlay(&[fixture(PLAIN_BASE)], std::slice::from_ref(&path), "");
+            (render(over.path(), PLAIN), format!("kustomize/{dir} (through an overlay)"))
+        } else if kind == "Component" {
             // A component renders inside a kustomization: an example, or nothing.
             let base =
                 if dir == "components/sidecar" { vec![kustomize_dir().join("examples/objectivefs")] } else { vec![] };
@@ -336,8 +345,8 @@ fn the_component_renders_what_sidemount_inject_writes() {
         all.extend(by_id(&expected));
     }
     // The committed overlay for clusters without the webhook: the four examples, injected.
-    let rendered = documents(&render(&kustomize_dir().join("examples/no-webhook"), WITH_PLUGINS));
-    assert_eq!(by_id(&rendered), all, "examples/no-webhook differs from sidemount inject on the examples");
+    let rendered = documents(&render(&kustomize_dir().join("examples/no-webhook-plugin"), WITH_PLUGINS));
+    assert_eq!(by_id(&rendered), all, "examples/no-webhook-plugin differs from sidemount inject on the examples");
 }
 
 #[test]
@@ -846,4 +855,169 @@ fn the_exec_plugin_config_file_is_checked() {
 
     let out = sidemount_inject(&["--function-config", "/nonexistent/config.yaml"], pod);
     assert_eq!(out.status.code(), Some(66));
+}
+
+/// The pod spec of a rendered workload.
+fn pod_spec(object: &Value) -> &Value {
+    &pod_template(object).unwrap_or_else(|| panic!("{} has no pod template", id(object)))["spec"]
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array().into_iter().flatten().find(|item| item["name"] == name)
+}
+
+/// What the plain component must have made of one labelled workload.
+fn check_plain_sidecar(object: &Value) {
+    let what = id(object);
+    let template = pod_template(object).unwrap();
+    assert_eq!(template["metadata"]["annotations"]["sidemount.io/injected"], env!("CARGO_PKG_VERSION"), "{what}");
+    let spec = &template["spec"];
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["name"], "sidemount", "{what}: the sidecar is the first init container");
+    assert_eq!(sidecar["image"], SIDECAR_IMAGE, "{what}");
+    assert_eq!(sidecar["restartPolicy"], "Always", "{what}");
+    assert_eq!(sidecar["securityContext"], json!({ "privileged": true }), "{what}");
+    let config = named(&sidecar["env"], "SIDEMOUNT_CONFIG").unwrap_or_else(|| panic!("{what}: no SIDEMOUNT_CONFIG"));
+    let root = named(&sidecar["volumeMounts"], "sidemount").unwrap();
+    assert_eq!(root["mountPath"], "/sidemount", "{what}");
+    assert_eq!(root["mountPropagation"], "Bidirectional", "{what}");
+    // The spec: the pod's own annotation, as a file in the SIDEMOUNT_CONFIG directory.
+    let spec_mount = named(&sidecar["volumeMounts"], "sidemount-spec").unwrap();
+    assert_eq!(spec_mount["mountPath"], config["value"], "{what}");
+    let volumes = &spec["volumes"];
+    assert_eq!(named(volumes, "sidemount").unwrap()["emptyDir"], json!({}), "{what}");
+    let items = &named(volumes, "sidemount-spec").unwrap()["downwardAPI"]["items"];
+    assert_eq!(
+        items,
+        &json!([{ "path": "volumes.yaml", "fieldRef": { "fieldPath": "metadata.annotations['sidemount.io/volumes']" } }]),
+        "{what}"
+    );
+    // Every app container receives the sidecar's mounts.
+    for container in spec["containers"].as_array().unwrap() {
+        let mounts = &container["volumeMounts"];
+        let shared = mounts.as_array().unwrap().iter().find(|m| m["mountPath"] == "/sidemount");
+        let shared = shared.unwrap_or_else(|| panic!("{what}: container {} has no /sidemount", container["name"]));
+        assert_eq!(shared["name"], "sidemount", "{what}");
+        assert_eq!(shared["mountPropagation"], "HostToContainer", "{what}");
+        for mount in mounts.as_array().unwrap().iter().filter(|m| m["name"] == "sidemount") {
+            assert_eq!(mount["mountPropagation"], "HostToContainer", "{what}: {mount}");
+        }
+    }
+}
+
+#[test]
+fn the_plain_component_builds_with_no_plugin_and_no_flag() {
+    // `kubectl kustomize` with no flag and no sidemount on PATH: what `kubectl apply -k`,
+    // Flux's kustomize-controller (kustomize's API, no plugins) and Argo CD build.
+    let over = overlay(&[fixture(PLAIN_BASE)], &[kustomize_dir().join(PLAIN_COMPONENT)], "");
+    let rendered = documents(&render(over.path(), PLAIN));
+    let before = by_id(&documents(&render(&fixture(PLAIN_BASE), PLAIN)));
+    let kinds: Vec<&str> = rendered.iter().map(|o| text(o, "/kind")).collect();
+    for kind in ["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"] {
+        assert!(kinds.contains(&kind), "the fixture renders no {kind}: {kinds:?}");
+    }
+    assert_eq!(rendered.len(), before.len(), "the component's settings are not applied (local-config)");
+    for object in &rendered {
+        let labelled = object["metadata"]["labels"]["sidemount.io/inject"] == "true";
+        if !labelled {
+            assert_eq!(object, &before[&id(object)], "{}: not labelled, must be left alone", id(object));
+            continue;
+        }
+        check_plain_sidecar(object);
+        // The user's own mounts are kept as written (a subPath mount of the shared volume).
+        let app = named(&pod_spec(object)["containers"], "app").unwrap();
+        let data = app["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == "/data").unwrap();
+        assert_eq!(data["subPath"], "data", "{}", id(object));
+        assert_eq!(app["volumeMounts"].as_array().unwrap().len(), 2, "{}", id(object));
+    }
+    // A user init container keeps its place after the sidecar.
+    let deployment = rendered.iter().find(|o| id(o) == "apps/v1 Deployment /deployment").unwrap();
+    // The three patches (workloads, CronJob, Pod) add the same sidecar and volumes.
+    for object in rendered.iter().filter(|o| o["metadata"]["labels"]["sidemount.io/inject"] == "true") {
+        assert_eq!(pod_spec(object)["initContainers"][0], pod_spec(deployment)["initContainers"][0], "{}", id(object));
+        assert_eq!(pod_spec(object)["volumes"], pod_spec(deployment)["volumes"], "{}", id(object));
+    }
+    let init: Vec<&str> = pod_spec(deployment)["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["sidemount", "migrate"]);
+}
+
+#[test]
+fn the_plain_sidecar_is_the_injected_one_but_for_how_it_gets_its_spec() {
+    // Whatever `sidemount inject` sets on the sidecar (image, probes, privileges,
+    // resources, shutdown budget), the plain component sets the same way.
+    let over = overlay(&[fixture(PLAIN_BASE)], &[kustomize_dir().join(PLAIN_COMPONENT)], "");
+    let rendered = documents(&render(over.path(), PLAIN));
+    let plain = rendered.iter().find(|o| id(o) == "apps/v1 Deployment /deployment").unwrap();
+    let input = documents(&render(&fixture(PLAIN_BASE), PLAIN));
+    let deployment = input.iter().find(|o| id(o) == "apps/v1 Deployment /deployment").unwrap();
+    let injected = documents(&ok(sidemount_inject(&[], &serde_yaml_ng::to_string(deployment).unwrap()), "inject"));
+    let mut expected = pod_spec(&injected[0])["initContainers"][0].clone();
+    let mut actual = pod_spec(plain)["initContainers"][0].clone();
+    for sidecar in [&mut expected, &mut actual] {
+        let sidecar = sidecar.as_object_mut().unwrap();
+        sidecar.remove("volumeMounts");
+        let env = sidecar["env"].as_array_mut().unwrap();
+        env.retain(|e| e["name"] != "SIDEMOUNT_VOLUMES" && e["name"] != "SIDEMOUNT_CONFIG");
+    }
+    assert_eq!(actual, expected, "the plain sidecar differs from the injected one");
+    assert_eq!(
+        pod_template(plain).unwrap()["metadata"]["annotations"]["sidemount.io/injected"],
+        pod_template(&injected[0]).unwrap()["metadata"]["annotations"]["sidemount.io/injected"]
+    );
+}
+
+#[test]
+fn the_no_webhook_example_is_complete_as_written() {
+    // What kustomize cannot do, the example does by hand (README of the component):
+    // each annotation is a valid spec, each secretName has its Secret mounted where
+    // the supervisor looks, each app mount of the shared volume names a volume.
+    let dir = kustomize_dir().join("examples/no-webhook");
+    let rendered = documents(&render(&dir, PLAIN));
+    let secrets: Vec<&str> = of_kind(&rendered, "Secret").iter().map(|s| text(s, "/metadata/name")).collect();
+    let workloads: Vec<&Value> = rendered.iter().filter(|o| pod_template(o).is_some()).collect();
+    assert_eq!(workloads.len(), 4);
+    let scratch = tempfile::tempdir().unwrap();
+    for object in workloads {
+        let what = id(object);
+        check_plain_sidecar(object);
+        let annotation = text(pod_template(object).unwrap(), "/metadata/annotations/sidemount.io~1volumes");
+        let file = scratch.path().join("volumes.yaml");
+        std::fs::write(&file, annotation).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sidemount")).arg("check").arg(&file).output().unwrap();
+        assert!(out.status.success(), "{what}: sidemount check: {}", String::from_utf8_lossy(&out.stdout));
+        let specs: Vec<Value> = serde_yaml_ng::from_str(annotation).unwrap();
+        let spec = pod_spec(object);
+        let sidecar = &spec["initContainers"][0];
+        for volume in &specs {
+            let name = volume["name"].as_str().unwrap();
+            if let Some(secret) = volume["secretName"].as_str() {
+                assert!(secrets.contains(&secret), "{what}: no Secret {secret} in the example");
+                let mount = sidecar["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["mountPath"] == format!("/etc/sidemount/secrets/{name}"))
+                    .unwrap_or_else(|| panic!("{what}: the Secret of {name} is not mounted in the sidecar"));
+                assert_eq!(
+                    named(&spec["volumes"], mount["name"].as_str().unwrap()).unwrap()["secret"]["secretName"],
+                    secret
+                );
+            }
+        }
+        for container in spec["containers"].as_array().unwrap() {
+            for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                if let Some(sub) = mount["subPath"].as_str().filter(|_| mount["name"] == "sidemount") {
+                    assert!(
+                        specs.iter().any(|v| v["name"] == sub),
+                        "{what}: subPath {sub} is no volume of the annotation"
+                    );
+                }
+            }
+        }
+    }
 }

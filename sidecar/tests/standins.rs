@@ -155,6 +155,28 @@ fn objectivefs_mounts_from_a_flexvolume_secret_with_a_cache_sized_to_the_contain
 }
 
 #[test]
+fn objectivefs_for_a_non_root_app_is_mounted_allow_other_with_its_ids() {
+    require_tool("bindfs", "bindfs");
+    let pod = Pod::new(&["ofs"]);
+    let secret = flexvolume_secret(
+        &pod,
+        &[("accesskey", ACCESS_KEY), ("secretkey", SECRET_KEY), ("license", LICENSE), ("passphrase", PASSPHRASE)],
+    );
+    let (yaml, _, calls) = ofs_spec(&pod, &secret);
+    // What injection writes for an app that runs as 1000 with fsGroup 2000.
+    let yaml = format!("{yaml}  uid: 1000\n  gid: 2000\n");
+    let mut sup = pod.supervisor().spec(&yaml).env("PATH", &path_with_standins()).start();
+    sup.wait_ready(READY);
+    let record = fs::read_to_string(&calls).unwrap();
+    let stage = pod.stage_dir().join("ofs");
+    let expected = format!("argv=mount -o mt,allow_other,uid=1000,gid=2000 s3://my-bucket {}\n", stage.display());
+    assert!(record.contains(&expected), "{record}");
+    let (code, _) = sup.terminate();
+    assert_eq!(code, 0, "{}", sup.log());
+    assert!(pod.node_fuse_mounts("ofs").is_empty(), "a mount is left on the node");
+}
+
+#[test]
 fn objectivefs_without_a_passphrase_is_refused_before_any_mount() {
     let pod = Pod::new(&["ofs"]);
     let secret = flexvolume_secret(

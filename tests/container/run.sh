@@ -333,8 +333,183 @@ EOF
   docker image rm -f "$tag" >/dev/null
 }
 
+# ---------------------------------------------------------------- the plain layout, non-root apps
+# An S3 server for a case: moto (from the host's venv) in a placeholder
+# container's network namespace, which the sidecar then joins (loopback only), with
+# the bucket e2e-bucket; credentials in $dir/secrets as a Secret volume has them.
+moto=$repo/.venv/bin/moto_server
+moto_up() {
+  [ -x "$moto" ] || fail "no $moto: install tests/requirements.txt into $repo/.venv (tests/setup.sh)"
+  s3_port=9000
+  secrets=$dir/secrets
+  mkdir -p "$secrets"
+  printf AKIAE2EEXAMPLE >"$secrets/AWSACCESSKEYID"
+  printf 'e2e-secret-key-0123456789' >"$secrets/AWSSECRETACCESSKEY"
+  pause=$(docker run -d --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done')
+  nsenter -t "$(pid_of "$pause")" -n "$moto" -H 127.0.0.1 -p "$s3_port" >"$dir/moto.log" 2>&1 &
+  echo $! >>"$work/pids"
+  wait_for 30 s3 "http://127.0.0.1:$s3_port/" || fail "moto did not start: $(tail -5 "$dir/moto.log")"
+  s3 -X PUT "http://127.0.0.1:$s3_port/e2e-bucket" >/dev/null
+}
+s3() {
+  nsenter -t "$(pid_of "$pause")" -n curl -fsS --max-time 5 --aws-sigv4 aws:amz:us-east-1:s3 \
+    --user "$(cat "$secrets/AWSACCESSKEYID"):$(cat "$secrets/AWSSECRETACCESSKEY")" "$@"
+}
+in_bucket() { [ "$(s3 "http://127.0.0.1:$s3_port/e2e-bucket/$1")" = "$2" ]; }
+# app_as USER: an app container running as USER (uid:gid) that sees $dir/data at /data.
+app_as() {
+  docker run -d --label "$run_id=$case" --user "$1" -v "$dir/data:/data:rslave" \
+    --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done'
+}
+# injected_spec POD_YAML: SIDEMOUNT_VOLUMES as `sidemount inject` (the image's) writes it for the pod.
+injected_spec() {
+  docker run --rm -i --label "$run_id=$case" --entrypoint sidemount "$SIDECAR_IMAGE" inject <<<"$1" \
+    | "$repo/.venv/bin/python" -c 'import sys, yaml
+pod = yaml.safe_load(sys.stdin)
+env = pod["spec"]["initContainers"][0]["env"]
+print(next(e["value"] for e in env if e["name"] == "SIDEMOUNT_VOLUMES"))'
+}
+# A pod whose app runs as 1000:1000, with COMMAND (a JSON list) as its volume's daemon.
+pod_as_1000() {
+  jq -n --argjson command "$1" '{apiVersion: "v1", kind: "Pod",
+    metadata: {name: "app", labels: {"sidemount.io/inject": "true"},
+      annotations: {"sidemount.io/volumes": ([{name: "data", type: "fuse", command: $command,
+        secretName: "s3-credentials"}] | tojson)}},
+    spec: {securityContext: {runAsUser: 1000, runAsGroup: 1000},
+      containers: [{name: "app", image: "app", volumeMounts: [{name: "data", mountPath: "/data"}]}]}}'
+}
+# nonroot_reads_and_writes SPEC: the sidecar serves SPEC; an app running as 1000
+# writes and reads /data, the bytes land in the bucket, and an object put there is read.
+nonroot_reads_and_writes() {
+  local sc app
+  sc=$(sidecar "$1" --network "container:$pause" -v "$secrets:/etc/sidemount/secrets/data:ro")
+  wait_for 60 ready "$sc" || fail "not ready in 60s: $(docker logs "$sc" 2>&1 | tail -5)"
+  app=$(app_as 1000:1000)
+  [ "$(in_app "$app" 'id -u')" = 1000 ] || fail "the app does not run as 1000"
+  in_app "$app" 'echo "written as 1000" > /data/nonroot.txt && cat /data/nonroot.txt' | matches -x 'written as 1000' \
+    || fail "the app (uid 1000) cannot write and read /data: $(in_app "$app" 'ls -ln /data; touch /data/x' 2>&1)"
+  in_app "$app" 'mkdir -p /data/dir && echo nested > /data/dir/f && [ "$(cat /data/dir/f)" = nested ]' \
+    || fail "the app (uid 1000) cannot make a directory"
+  wait_for 20 in_bucket nonroot.txt 'written as 1000' || fail "the bucket does not hold the app's bytes"
+  # (A form content type, curl's default, makes moto keep an empty body.)
+  s3 -X PUT -H 'Content-Type: text/plain' --data-binary 'from the bucket' "http://127.0.0.1:$s3_port/e2e-bucket/put.txt" >/dev/null
+  wait_for 20 in_app "$app" '[ "$(cat /data/put.txt)" = "from the bucket" ]' \
+    || fail "the app does not read an object put in the bucket: $(in_app "$app" 'ls -ln /data; cat /data/put.txt' 2>&1; s3 "http://127.0.0.1:$s3_port/e2e-bucket" 2>&1 | head -c 600)"
+  docker stop -t 20 "$sc" >/dev/null
+  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
+  docker rm -f "$app" >/dev/null
+}
+
+case_nonroot_app_s3fs() {
+  local spec denied sc app
+  moto_up
+  # The annotation names no user: injection reads runAsUser/runAsGroup and the
+  # supervisor puts them where the command says {uid} and {gid}.
+  spec=$(injected_spec "$(pod_as_1000 "$(jq -cn --arg url "http://127.0.0.1:$s3_port" '["s3fs", "e2e-bucket", "{mountpoint}", "-f",
+    "-o", ("url=" + $url), "-o", "use_path_request_style", "-o", "allow_other,uid={uid},gid={gid},umask=0022"]')")")
+  jq -e '.[0].uid == 1000 and .[0].gid == 1000' <<<"$spec" >/dev/null || fail "injection did not fill uid and gid: $spec"
+  nonroot_reads_and_writes "$spec"
+  # The same without the user: root owns the files, and the app cannot write.
+  denied=$(jq -c '.[0] |= del(.uid, .gid)' <<<"$spec")
+  sc=$(sidecar "$denied" --network "container:$pause" -v "$secrets:/etc/sidemount/secrets/data:ro")
+  wait_for 60 ready "$sc" || fail "not ready in 60s: $(docker logs "$sc" 2>&1 | tail -5)"
+  app=$(app_as 1000:1000)
+  ! in_app "$app" 'echo x > /data/denied.txt' 2>/dev/null || fail "without uid the app could write: the check above proves nothing"
+  note "without uid/gid the app (uid 1000) cannot write; with them, injected from runAsUser, it can"
+}
+
+case_nonroot_app_rclone() {
+  local spec
+  moto_up
+  # rclone's S3 backend from the environment, credentials from the secret folder.
+  printf 'Other' >"$secrets/RCLONE_S3_PROVIDER"
+  printf 'http://127.0.0.1:%s' "$s3_port" >"$secrets/RCLONE_S3_ENDPOINT"
+  cp "$secrets/AWSACCESSKEYID" "$secrets/RCLONE_S3_ACCESS_KEY_ID"
+  cp "$secrets/AWSSECRETACCESSKEY" "$secrets/RCLONE_S3_SECRET_ACCESS_KEY"
+  spec=$(injected_spec "$(pod_as_1000 '["rclone", "mount", ":s3:e2e-bucket", "{mountpoint}", "--vfs-cache-mode", "writes",
+    "--allow-other", "--uid", "{uid}", "--gid", "{gid}", "--dir-cache-time", "1s"]')")
+  jq -e '.[0].uid == 1000 and .[0].gid == 1000' <<<"$spec" >/dev/null || fail "injection did not fill uid and gid: $spec"
+  nonroot_reads_and_writes "$spec"
+}
+
+case_plain_layout_downward_api() {
+  local sc app spec=$dir/spec shared=$dir/shared
+  # The kustomize plain component's layout: one shared emptyDir bound Bidirectional
+  # at /sidemount, the spec in a downward-API volume (the pod's annotation as
+  # volumes.yaml, behind the kubelet's ..data link), no SIDEMOUNT_VOLUMES.
+  mkdir -p "$shared" "$spec/..2026_01_01_a"
+  cat >"$spec/..2026_01_01_a/volumes.yaml" <<'EOF'
+- name: data
+  type: fuse
+  command: [rclone, mount, ":memory:", "{mountpoint}", --allow-other, --uid, "{uid}", --gid, "{gid}"]
+  uid: 1000
+  gid: 1000
+EOF
+  ln -s ..2026_01_01_a "$spec/..data"
+  ln -s ..data/volumes.yaml "$spec/volumes.yaml"
+  sc=$(docker run -d --label "$run_id=$case" "${privileged[@]}" -v "$shared:/sidemount:rshared" \
+    -v "$spec:/etc/sidemount/pod:ro" -e SIDEMOUNT_CONFIG=/etc/sidemount/pod \
+    -e SIDEMOUNT_SHUTDOWN_TIMEOUT=15s "$SIDECAR_IMAGE")
+  wait_for 30 ready "$sc" || fail "not ready in 30s: $(docker logs "$sc" 2>&1 | tail -5)"
+  node_mounts | matches "^$shared/data fuse.rclone$" || fail "the node does not see $shared/data mounted: $(node_mounts)"
+  # The app: the whole shared volume at /sidemount (what the component gives every
+  # container), and the volume's directory at /data (a subPath mount), as uid 1000.
+  app=$(docker run -d --label "$run_id=$case" --user 1000:1000 -v "$shared:/sidemount:rslave" \
+    -v "$shared/data:/data:rslave" --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done')
+  in_app "$app" 'echo via-subpath > /data/a && echo via-shared > /sidemount/data/b' \
+    || fail "the app (uid 1000) cannot write: $(in_app "$app" 'ls -ln /data /sidemount' 2>&1)"
+  [ "$(in_app "$app" 'cat /sidemount/data/a /data/b | tr "\n" " "')" = "via-subpath via-shared " ] \
+    || fail "the two paths do not show the same volume"
+  [ "$(in_app "$app" 'stat -c %u /data/a')" = 1000 ] || fail "the app's file is not owned by 1000"
+  # A repair reaches the app through both paths (the subPath bind captured the FUSE mount itself).
+  dir=$shared kill_and_repair "$sc" "$app"
+  in_app "$app" 'echo again > /sidemount/data/c && [ "$(cat /data/c)" = again ]' || fail "the paths differ after the repair"
+  # The kubelet rewrites the annotation's file by swapping ..data: a second volume appears.
+  mkdir "$spec/..2026_01_01_b"
+  cat "$spec/..2026_01_01_a/volumes.yaml" - >"$spec/..2026_01_01_b/volumes.yaml" <<'EOF'
+- name: second
+  type: fuse
+  command: [rclone, mount, ":memory:", "{mountpoint}", --allow-other, --uid, "{uid}"]
+  uid: 1000
+EOF
+  ln -s ..2026_01_01_b "$spec/..data_tmp"
+  mv -T "$spec/..data_tmp" "$spec/..data"
+  rm -rf "$spec/..2026_01_01_a"
+  second_ready() { http "$sc" /status | jq -e '[.volumes[] | select(.state == "ready")] | length == 2' >/dev/null; }
+  wait_for 30 second_ready || fail "the second volume was not mounted: $(http "$sc" /status)"
+  in_app "$app" 'echo two > /sidemount/second/f && [ "$(cat /sidemount/second/f)" = two ]' \
+    || fail "the app cannot use the volume added by the annotation"
+  docker stop -t 20 "$sc" >/dev/null
+  [ "$(exit_code "$sc")" = 0 ] || fail "exit code $(exit_code "$sc") after docker stop"
+  [ -z "$(node_mounts)" ] || fail "mounts left on the node: $(node_mounts)"
+}
+
+case_plain_layout_secret_name() {
+  local sc spec=$dir/spec shared=$dir/shared
+  # secretName in the annotation, with no Secret mounted: the sidecar refuses,
+  # naming the Secret and the path (exit 78), and mounts nothing.
+  mkdir -p "$shared" "$spec"
+  printf -- '- {name: bucket, type: fuse, command: [rclone, mount, ":memory:", "{mountpoint}"], secretName: s3-credentials}\n' \
+    >"$spec/volumes.yaml"
+  sc=$(docker run -d --label "$run_id=$case" "${privileged[@]}" -v "$shared:/sidemount:rshared" \
+    -v "$spec:/etc/sidemount/pod:ro" -e SIDEMOUNT_CONFIG=/etc/sidemount/pod "$SIDECAR_IMAGE")
+  wait_for 20 stopped "$sc" || fail "still running after 20s"
+  [ "$(exit_code "$sc")" = 78 ] || fail "exit code $(exit_code "$sc"), not 78: $(docker logs "$sc" 2>&1)"
+  docker logs "$sc" 2>&1 | matches '"s3-credentials" is not mounted at /etc/sidemount/secrets/bucket' \
+    || fail "the log does not name the Secret and the path: $(docker logs "$sc" 2>&1)"
+  # Mounted where the supervisor looks, it is used.
+  mkdir -p "$dir/secret"
+  printf 'from-the-secret' >"$dir/secret/E2E_UNUSED_SECRET"
+  sc=$(docker run -d --label "$run_id=$case" "${privileged[@]}" -v "$shared:/sidemount:rshared" \
+    -v "$spec:/etc/sidemount/pod:ro" -v "$dir/secret:/etc/sidemount/secrets/bucket:ro" \
+    -e SIDEMOUNT_CONFIG=/etc/sidemount/pod "$SIDECAR_IMAGE")
+  wait_for 30 ready "$sc" || fail "not ready with the Secret mounted: $(docker logs "$sc" 2>&1 | tail -5)"
+  docker stop -t 20 "$sc" >/dev/null
+}
+
 all_cases=(image_contents pid1_no_volumes repair_app_started_first stop_unmounts_everything
-  not_shared_exits_78 no_dev_fuse_exits_78 webhook_serves_tls objectivefs_deb_installed)
+  not_shared_exits_78 no_dev_fuse_exits_78 webhook_serves_tls objectivefs_deb_installed
+  nonroot_app_s3fs nonroot_app_rclone plain_layout_downward_api plain_layout_secret_name)
 
 # ---------------------------------------------------------------- runner
 selected=("$@")

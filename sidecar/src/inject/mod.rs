@@ -10,6 +10,7 @@
 pub mod flexvolume;
 pub mod krm;
 pub mod manifest;
+pub mod owner;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +29,10 @@ pub const VOLUMES_ANNOTATION: &str = "sidemount.io/volumes";
 pub const INJECTED_ANNOTATION: &str = "sidemount.io/injected";
 /// `native` or `legacy`: where the sidecar goes for this pod.
 pub const MODE_ANNOTATION: &str = "sidemount.io/mode";
-/// `"true"`: turn `altalang/ofs` FlexVolumes into sidemount `objectivefs` volumes.
+/// The label the webhook selects pods by (its objectSelector): `"true"` opts in.
+pub const INJECT_LABEL: &str = "sidemount.io/inject";
+/// `"true"`: turn `altalang/ofs` FlexVolumes into sidemount `objectivefs` volumes
+/// (the default on a pod labelled `sidemount.io/inject: "true"`).
 pub const CONVERT_FLEXVOLUME_ANNOTATION: &str = "sidemount.io/convert-flexvolume";
 /// The pod's `terminationGracePeriodSeconds` before injection raised it (`unset` if it had none).
 pub const ORIGINAL_GRACE_ANNOTATION: &str = "sidemount.io/original-termination-grace-period";
@@ -127,6 +131,9 @@ pub enum InjectError {
     NameTaken { what: &'static str, name: String },
     #[error("{field}: must be {expected}")]
     Malformed { field: String, expected: &'static str },
+    /// Two containers that mount one volume run as different users or groups.
+    #[error("{0}")]
+    Owners(Box<owner::Conflict>),
 }
 
 /// Injects the sidecar into a pod, or a workload's pod template: `template`
@@ -138,7 +145,11 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
     let volumes_text = annotations.get(VOLUMES_ANNOTATION)?;
     let convert = match annotations.get(CONVERT_FLEXVOLUME_ANNOTATION)? {
-        None | Some("false") => false,
+        // A pod with the driver's FlexVolumes that opted in with the webhook's label
+        // needs nothing more: the label is what brings it to the webhook, and an
+        // annotation alone never does.
+        None => has_inject_label(template) && has_driver_flexvolume(template),
+        Some("false") => false,
         Some("true") => true,
         Some(other) => {
             return Err(InjectError::Flag { annotation: CONVERT_FLEXVOLUME_ANNOTATION, value: other.into() })
@@ -178,7 +189,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     if !problems.is_empty() {
         return Err(InjectError::Volumes(Invalid(problems)));
     }
-    let served: Vec<RawVolume> =
+    let mut served: Vec<RawVolume> =
         requested.into_iter().map(|(_, raw)| raw).chain(converted.into_iter().map(|c| c.raw)).collect();
     if served.is_empty() {
         return Err(InjectError::NoVolumes);
@@ -223,6 +234,8 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     }
 
+    let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
+    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
     let sidecar = sidecar(&served, &secret_mounts, mode, resources, config);
     let into = match mode {
         Mode::Native => &mut init_containers,
@@ -266,6 +279,21 @@ struct SecretMount {
     volume: String,
     /// The Secret's name.
     secret: String,
+}
+
+/// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
+fn has_inject_label(template: &Value) -> bool {
+    template.pointer("/metadata/labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+        == Some("true")
+}
+
+/// A FlexVolume of the `altalang/ofs` driver among the pod's volumes.
+fn has_driver_flexvolume(template: &Value) -> bool {
+    let volumes = template.pointer("/spec/volumes").and_then(Value::as_array);
+    volumes
+        .into_iter()
+        .flatten()
+        .any(|v| v.pointer("/flexVolume/driver").and_then(Value::as_str) == Some(flexvolume::DRIVER))
 }
 
 /// The annotations of a pod template, read as text.
@@ -684,6 +712,67 @@ mod tests {
         let specs: Vec<RawVolume> = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
         assert_eq!(specs[0].secret_dir.as_deref(), Some(std::path::Path::new("/etc/sidemount/secrets/ofs")));
         assert_eq!(specs[0].secret_name, None);
+    }
+
+    #[test]
+    fn a_non_root_app_gives_its_volume_its_user_and_group() {
+        let spec = "- {name: data, type: objectivefs, filesystem: s3://b}\n- {name: logs, type: fuse, command: [x, '{mountpoint}'], uid: 7}";
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: spec }),
+            json!({
+                "securityContext": { "runAsUser": 1000, "fsGroup": 2000 },
+                "containers": [app(json!([{ "name": "data", "mountPath": "/data" }, { "name": "logs", "mountPath": "/logs" }]))],
+            }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let env = &out["spec"]["initContainers"][0]["env"][0]["value"];
+        let specs: Vec<RawVolume> = serde_json::from_str(env.as_str().unwrap()).unwrap();
+        assert_eq!((specs[0].uid, specs[0].gid), (Some(1000), Some(2000)));
+        assert_eq!((specs[1].uid, specs[1].gid), (Some(7), Some(2000)), "the annotation's own uid wins");
+        // The sidecar itself stays root: it mounts.
+        assert!(out["spec"]["initContainers"][0]["securityContext"].get("runAsUser").is_none());
+
+        let two = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "containers": [
+                { "name": "a", "image": "x", "securityContext": { "runAsUser": 1 }, "volumeMounts": [{ "name": "data", "mountPath": "/d" }] },
+                { "name": "b", "image": "x", "securityContext": { "runAsUser": 2 }, "volumeMounts": [{ "name": "data", "mountPath": "/d" }] },
+            ] }),
+        );
+        let err = inject(&two, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "sidemount.io/volumes: volume \"data\": the containers a (runAsUser 1) and b (runAsUser 2)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_inject_label_alone_converts_flexvolumes() {
+        let flex =
+            json!({ "name": "v", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } });
+        let with = |labels: Value, annotations: Value| {
+            json!({ "metadata": { "name": "p", "labels": labels, "annotations": annotations },
+                    "spec": { "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex.clone()] } })
+        };
+        let out = injected(inject(&with(json!({ INJECT_LABEL: "true" }), json!({})), &config()).unwrap());
+        assert_eq!(out["spec"]["volumes"][0], json!({ "name": "v", "emptyDir": {} }));
+        // Without the label nothing asks for sidemount; "false" still says no.
+        assert_eq!(inject(&with(json!({}), json!({})), &config()).unwrap(), Outcome::NotRequested);
+        assert_eq!(
+            inject(&with(json!({ INJECT_LABEL: "false" }), Value::Null), &config()).unwrap(),
+            Outcome::NotRequested
+        );
+        let no = with(json!({ INJECT_LABEL: "true" }), json!({ CONVERT_FLEXVOLUME_ANNOTATION: "false" }));
+        assert_eq!(inject(&no, &config()).unwrap(), Outcome::NotRequested);
+        // A labelled pod with neither the driver's FlexVolume nor volumes asks for nothing, as before.
+        let nothing =
+            json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } }, "spec": { "containers": [] } });
+        assert_eq!(inject(&nothing, &config()).unwrap(), Outcome::NotRequested);
+        let other = json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } },
+                            "spec": { "containers": [], "volumes": [{ "name": "n", "flexVolume": { "driver": "other/nfs" } }] } });
+        assert_eq!(inject(&other, &config()).unwrap(), Outcome::NotRequested);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::secrets::Secrets;
-use crate::spec::MOUNTPOINT_PLACEHOLDER;
+use crate::spec::{GID_PLACEHOLDER, MOUNTPOINT_PLACEHOLDER, UID_PLACEHOLDER};
 
 /// How one option changes a bind's flags.
 enum Change {
@@ -73,11 +73,36 @@ pub fn bind_flags(current: MsFlags, options: &[String]) -> MsFlags {
     )
 }
 
-/// The daemon's argv with `{mountpoint}` substituted. Secrets are never
+/// The daemon's argv with `{mountpoint}`, `{uid}` and `{gid}` substituted (the
+/// ids default to 0, root, which is what the daemon runs as). Secrets are never
 /// substituted into argv: `/proc/PID/cmdline` is world-readable.
-pub fn argv(command: &[String], mountpoint: &Path) -> Vec<String> {
+pub fn argv(command: &[String], mountpoint: &Path, uid: Option<u32>, gid: Option<u32>) -> Vec<String> {
     let mp = mountpoint.to_string_lossy();
-    command.iter().map(|arg| arg.replace(MOUNTPOINT_PLACEHOLDER, &mp)).collect()
+    let (uid, gid) = (uid.unwrap_or(0).to_string(), gid.unwrap_or(0).to_string());
+    let values = [(MOUNTPOINT_PLACEHOLDER, &*mp), (UID_PLACEHOLDER, &uid), (GID_PLACEHOLDER, &gid)];
+    command.iter().map(|arg| substitute(arg, &values)).collect()
+}
+
+/// One pass over `arg`: a value put in is never searched for placeholders again.
+fn substitute(arg: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match values.iter().find(|(placeholder, _)| rest.starts_with(placeholder)) {
+            Some((placeholder, value)) => {
+                out.push_str(value);
+                rest = &rest[placeholder.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The daemon's extra environment: the spec's `env`, then the secrets (a secret
@@ -98,9 +123,27 @@ mod tests {
     fn substitutes_the_mountpoint_everywhere() {
         let cmd = vec!["s3fs".to_string(), "b".into(), "{mountpoint}".into(), "-o".into(), "x={mountpoint}/c".into()];
         assert_eq!(
-            argv(&cmd, Path::new("/sidemount/data")),
+            argv(&cmd, Path::new("/sidemount/data"), None, None),
             ["s3fs", "b", "/sidemount/data", "-o", "x=/sidemount/data/c"]
         );
+    }
+
+    #[test]
+    fn substitutes_the_apps_ids_or_root() {
+        let cmd: Vec<String> =
+            ["rclone", "mount", "{mountpoint}", "--uid", "{uid}", "--gid", "{gid}", "-o", "uid={uid},gid={gid}"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(
+            argv(&cmd, Path::new("/m"), Some(1000), Some(3000)),
+            ["rclone", "mount", "/m", "--uid", "1000", "--gid", "3000", "-o", "uid=1000,gid=3000"]
+        );
+        assert_eq!(argv(&cmd, Path::new("/m"), None, Some(5))[3..7], ["--uid", "0", "--gid", "5"]);
+        // A mountpoint that spells a placeholder is not substituted again.
+        let odd = vec!["d".to_string(), "{mountpoint}".into()];
+        assert_eq!(argv(&odd, Path::new("/x/{uid}"), Some(7), None), ["d", "/x/{uid}"]);
+        let braces = vec!["{{mountpoint}}".to_string(), "{gid".into(), "{}".into()];
+        assert_eq!(argv(&braces, Path::new("/m"), None, None), ["{/m}", "{gid", "{}"]);
     }
 
     #[test]

@@ -655,10 +655,16 @@ impl Task {
     /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
     async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, String> {
         let argv = match &self.volume.source {
-            Source::Fuse { command } => fuse::argv(command, &self.prepare_stage().await?),
-            Source::ObjectiveFs { filesystem } => {
-                objectivefs::argv(filesystem, &self.volume.options, &self.prepare_stage().await?)
+            Source::Fuse { command } => {
+                fuse::argv(command, &self.prepare_stage().await?, self.volume.uid, self.volume.gid)
             }
+            Source::ObjectiveFs { filesystem } => objectivefs::argv(
+                filesystem,
+                &self.volume.options,
+                &self.prepare_stage().await?,
+                self.volume.uid,
+                self.volume.gid,
+            ),
             Source::Zfs { dataset, create } => {
                 let (dataset, create) = (dataset.clone(), create.clone());
                 return self.mount_zfs(&dataset, create.as_ref(), env, secrets).await.map(|()| Keeper::Kernel);
@@ -1395,6 +1401,8 @@ mod tests {
             env: Default::default(),
             secret_dir: None,
             secret_name: None,
+            uid: None,
+            gid: None,
         };
         let mut status = Status::new(&volume, &Path::new("/sidemount").join(name));
         status.phase = Phase::Ready;

@@ -27,7 +27,15 @@ const CACHE_SHARE_PERCENT: u64 = 30;
 const CACHE_MIN_MIB: u64 = 64;
 
 /// `mount.objectivefs mount [-o opts] <filesystem> <mountpoint>`: nothing secret.
-pub fn argv(filesystem: &str, options: &[String], mountpoint: &Path) -> Vec<String> {
+/// With the app's `uid` or `gid`, the FUSE options a non-root app needs come too.
+pub fn argv(
+    filesystem: &str,
+    options: &[String],
+    mountpoint: &Path,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Vec<String> {
+    let options = with_owner(options, uid, gid);
     let mut argv = vec![PROGRAM.to_string(), "mount".to_string()];
     if !options.is_empty() {
         argv.push("-o".into());
@@ -36,6 +44,26 @@ pub fn argv(filesystem: &str, options: &[String], mountpoint: &Path) -> Vec<Stri
     argv.push(filesystem.to_string());
     argv.push(mountpoint.display().to_string());
     argv
+}
+
+/// The options for an app that runs as `uid`/`gid`: a FUSE mount made by root is
+/// closed to every other user unless mounted `allow_other`, and `uid=`/`gid=`
+/// make the app the owner of what it sees. An option the spec gives itself wins.
+pub fn with_owner(options: &[String], uid: Option<u32>, gid: Option<u32>) -> Vec<String> {
+    let mut options = options.to_vec();
+    if uid.is_none() && gid.is_none() {
+        return options;
+    }
+    let given = |options: &[String], key: &str| options.iter().any(|o| o == key || o.starts_with(&format!("{key}=")));
+    if !given(&options, "allow_other") {
+        options.push("allow_other".into());
+    }
+    for (key, id) in [("uid", uid), ("gid", gid)] {
+        if let Some(id) = id.filter(|_| !given(&options, key)) {
+            options.push(format!("{key}={id}"));
+        }
+    }
+    options
 }
 
 /// Renames the FlexVolume Secret keys to ObjectiveFS's variables, so a Secret
@@ -122,9 +150,23 @@ mod tests {
 
     #[test]
     fn argv_is_the_foreground_form_without_secrets() {
-        let argv = argv("s3://my-bucket", &["mt".into(), "noatime".into()], Path::new("/sidemount/ofs"));
+        let argv = argv("s3://my-bucket", &["mt".into(), "noatime".into()], Path::new("/sidemount/ofs"), None, None);
         assert_eq!(argv, ["mount.objectivefs", "mount", "-o", "mt,noatime", "s3://my-bucket", "/sidemount/ofs"]);
-        assert_eq!(super::argv("s3://b", &[], Path::new("/m")), ["mount.objectivefs", "mount", "s3://b", "/m"]);
+        assert_eq!(
+            super::argv("s3://b", &[], Path::new("/m"), None, None),
+            ["mount.objectivefs", "mount", "s3://b", "/m"]
+        );
+    }
+
+    #[test]
+    fn a_non_root_app_gets_allow_other_and_its_ids() {
+        let argv = argv("s3://b", &["mt".into()], Path::new("/m"), Some(1000), Some(2000));
+        assert_eq!(argv, ["mount.objectivefs", "mount", "-o", "mt,allow_other,uid=1000,gid=2000", "s3://b", "/m"]);
+        assert_eq!(with_owner(&[], None, Some(5)), ["allow_other", "gid=5"]);
+        // The spec's own options win over the defaults, and nothing is doubled.
+        let own: Vec<String> = ["allow_other", "uid=0"].map(String::from).to_vec();
+        assert_eq!(with_owner(&own, Some(1000), Some(1000)), ["allow_other", "uid=0", "gid=1000"]);
+        assert_eq!(with_owner(&["mt".into()], None, None), ["mt"]);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 #   job_completes             a Job's pod completes; the sidecar does not keep it alive
 #   kustomize_component       a Deployment built with kustomize/components/sidecar
 #                             (sidemount inject as a kustomize plugin), no webhook
+#   kustomize_plain_component `kubectl apply -k` with kustomize/components/sidecar-plain
+#                             (built-in transformers only); the app runs as 1000
 #   invalid_annotation_refused  `kubectl apply` of a bad annotation fails, naming the field
 #
 # The same manifests run without a cluster on the pod runner (tests/podrunner),
@@ -308,6 +310,23 @@ case_kustomize_component() {
   k delete -f "$work/component.yaml" --wait=true >&2
 }
 
+case_kustomize_plain_component() {
+  local pod
+  # Built as it comes: `kubectl apply -k`, no flag, no plugin, no binary.
+  k apply -k "$manifests/component-plain" >&2
+  k -n "$NS" rollout status deploy/plain-app --timeout=180s >&2 \
+    || { diagnose "$(k -n "$NS" get pods -l app=plain-app -o name | head -n 1 | cut -d/ -f2)"; fail "plain-app not available"; }
+  pod=$(k -n "$NS" get pods -l app=plain-app -o jsonpath='{.items[0].metadata.name}')
+  [ "$(k -n "$NS" get pod "$pod" -o jsonpath='{.spec.initContainers[0].name}')" = sidemount ] \
+    || fail "the sidecar is not the first init container"
+  in_pod "$pod" app 'grep -q " /data fuse" /proc/mounts' || fail "/data (a subPath of the shared volume) is not a FUSE mount"
+  in_pod "$pod" app 'grep -q " /sidemount/data fuse" /proc/mounts' || fail "/sidemount/data is not a FUSE mount in the app"
+  [ "$(in_pod "$pod" app 'id -u')" = 1000 ] || fail "the app does not run as 1000"
+  in_pod "$pod" app 'echo "via the plain component, as 1000" > /data/plain.txt' || fail "the app (uid 1000) cannot write /data"
+  wait_for 60 bucket_has plain/plain.txt "via the plain component, as 1000" || fail "the bucket does not hold plain/plain.txt"
+  k delete -k "$manifests/component-plain" --wait=true >&2
+}
+
 case_invalid_annotation_refused() {
   local out
   if out=$(k apply -f "$manifests/pod-invalid.yaml" 2>&1); then
@@ -320,7 +339,7 @@ case_invalid_annotation_refused() {
   note "$(tail -n 1 <<<"$out")"
 }
 
-all_cases=(s3_read_write app_starts_after_mount repair_while_app_runs delete_leaves_no_mount
+all_cases=(s3_read_write app_starts_after_mount repair_while_app_runs delete_leaves_no_mount kustomize_plain_component
   legacy_mode job_completes kustomize_component invalid_annotation_refused)
 
 # ---------------------------------------------------------------- runner

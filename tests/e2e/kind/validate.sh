@@ -10,7 +10,14 @@
 #     component's exec plugin, `sidemount inject`, enabled): kustomize/webhook and
 #     manifests/component, each object validated
 #     (custom resources, which have no schema there, pass with a warning);
-#   - kind-config.yaml's shape, and the workflow against GitHub's workflow schema;
+#   - the plain sidecar component as `kubectl apply -k` and Flux build it: plain
+#     `kubectl kustomize`, no flag, no sidemount on PATH (manifests/component-plain,
+#     kustomize/examples/no-webhook), each object validated;
+#   - kind-config.yaml's shape, and both workflows (this suite's and the release)
+#     against GitHub's workflow schema, with every `run:` step shellchecked;
+#   - the release's scripts run with the registry left out: scripts/pin-digests.sh
+#     --dry-run pins the kustomize manifests to made-up digests, and what it renders
+#     is validated;
 #   - MinIO's image: run.sh's default is the manifest's, and not Docker Hub's; each
 #     row of the workflow's matrix runs a kubectl within one minor version of its cluster.
 #
@@ -77,7 +84,8 @@ render_and_validate() { # DIR: with the component's plugin (sidemount inject) en
 }
 
 # ---------------------------------------------------------------- the checks
-scripts=(tests/e2e/kind/run.sh tests/e2e/kind/validate.sh tests/container/run.sh tests/lib.sh images/build-local.sh)
+scripts=(tests/e2e/kind/run.sh tests/e2e/kind/validate.sh tests/container/run.sh tests/lib.sh images/build-local.sh
+  scripts/pin-digests.sh images/sidecar-rootfs.sh)
 for script in "${scripts[@]}"; do
   check "shellcheck $script" shellcheck -x "$script"
 done
@@ -112,6 +120,28 @@ component_ok() {
   grep -q 'mountPropagation: Bidirectional' "$work/rendered.yaml" || { echo "the component added no sidecar"; return 1; }
 }
 check "kubectl kustomize tests/e2e/kind/manifests/component (the sidecar component), validated" component_ok
+plain_ok() { # DIR: built as `kubectl apply -k` and Flux build it: no flag, no plugin, no sidemount on PATH
+  local path
+  path=$(tr ':' '\n' <<<"$PATH" | while read -r dir; do [ -x "$dir/sidemount" ] || echo "$dir"; done | paste -sd:)
+  env -i HOME="$work" PATH="$path" TMPDIR="$work" kubectl kustomize "$1" >"$work/rendered.yaml" || return 1
+  grep -q 'mountPropagation: Bidirectional' "$work/rendered.yaml" || { echo "no sidecar added"; return 1; }
+  grep -q "fieldPath: metadata.annotations\['sidemount.io/volumes'\]" "$work/rendered.yaml" \
+    || { echo "no downward-API spec"; return 1; }
+  validate "$work/rendered.yaml"
+}
+check "kubectl kustomize tests/e2e/kind/manifests/component-plain (no flag), validated" plain_ok tests/e2e/kind/manifests/component-plain
+check "kubectl kustomize kustomize/examples/no-webhook (no flag), validated" plain_ok kustomize/examples/no-webhook
+
+release_ok() { # the release's manifests, pinned to made-up digests with no registry
+  scripts/pin-digests.sh --dry-run --out "$work/release" || return 1
+  local file
+  for file in "$work"/release/sidemount-webhook-*.yaml; do
+    validate "$file" || return 1
+  done
+  tar -tzf "$work"/release/sidemount-kustomize-*.tar.gz >"$work/listing"
+  grep -qx 'kustomize/components/sidecar-plain/kustomization.yaml' "$work/listing"
+}
+check "scripts/pin-digests.sh --dry-run: manifests pinned by digest, validated" release_ok
 
 kind_config_ok() {
   "$venv/bin/python" - tests/e2e/kind/kind-config.yaml <<'EOF'
@@ -127,7 +157,6 @@ for node in doc["nodes"]:
 EOF
 }
 check "tests/e2e/kind/kind-config.yaml" kind_config_ok
-
 minio_image_ok() { # run.sh's default is the manifest's image, and not Docker Hub's
   local line default='' manifest=''
   while IFS= read -r line; do
@@ -158,8 +187,49 @@ for row in rows:
 EOF
 }
 check "each row of the workflow's matrix has a kubectl of its Kubernetes version" kubectl_skew_ok
-check "check-jsonschema .github/workflows/e2e-kind.yml" \
-  "$venv/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/e2e-kind.yml
+# Each `run:` step of a workflow, as GitHub runs it (bash -e -o pipefail), through
+# the shellcheck tool; a `${{ }}` expression, which GitHub pastes in before bash sees it,
+# stands in as a variable.
+workflow_runs_ok() {
+  local file=$1 dir=$work/runs status=0 step
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$venv/bin/python" - "$file" "$dir" <<'EOF' || return 1
+import re, sys, yaml
+workflow = yaml.safe_load(open(sys.argv[1]))
+count = 0
+for job_name, job in workflow["jobs"].items():
+    for i, step in enumerate(job.get("steps", [])):
+        if "run" not in step:
+            continue
+        if step.get("shell", "bash") != "bash":
+            sys.exit(f"{job_name} step {i}: shell {step['shell']} is not checked here")
+        body = re.sub(r"\$\{\{[^}]*\}\}", "${GITHUB_EXPRESSION}", step["run"])
+        with open(f"{sys.argv[2]}/{job_name}-{i}.sh", "w") as out:
+            out.write("#!/usr/bin/env bash\nset -eo pipefail\nGITHUB_EXPRESSION=${GITHUB_EXPRESSION:-}\n" + body)
+        count += 1
+if count == 0:
+    sys.exit("no run: step found")
+EOF
+  for step in "$dir"/*.sh; do
+    shellcheck -s bash "$step" || { echo "in $(basename "$step" .sh) of $file"; status=1; }
+  done
+  return "$status"
+}
+for workflow in .github/workflows/e2e-kind.yml .github/workflows/release.yml; do
+  check "check-jsonschema $workflow" "$venv/bin/check-jsonschema" --builtin-schema vendor.github-workflows "$workflow"
+  check "shellcheck of every run: step of $workflow" workflow_runs_ok "$workflow"
+done
+no_expressions_in_release_runs() { # untrusted values reach release steps as environment only
+  "$venv/bin/python" - <<'EOF'
+import sys, yaml
+workflow = yaml.safe_load(open(".github/workflows/release.yml"))
+bad = [f"{name}: {step.get('name', step['run'][:40])}" for name, job in workflow["jobs"].items()
+       for step in job["steps"] if "${{" in step.get("run", "")]
+if bad:
+    sys.exit("${{ }} inside run: (pass it through env:): " + "; ".join(bad))
+EOF
+}
+check "release.yml: no \${{ }} expression inside a run: step" no_expressions_in_release_runs
 
 [ ${#failures[@]} = 0 ] || say "failed: ${failures[*]}"
 echo "kind manifests: $passed passed, $failed failed"

@@ -259,15 +259,21 @@ class World:
             fail(f"sidemount inject exited {proc.returncode}: {proc.stderr.strip()}")
         return load_documents(proc.stdout)
 
-    def kustomize(self, directory):
+    def kustomize(self, directory, plugins=True):
         """`kubectl kustomize --enable-alpha-plugins` with the sidecar component's exec
-        plugin (sidemount inject) found on PATH."""
-        env = dict(os.environ, PATH=f"{os.path.dirname(self.sidemount)}:{os.environ.get('PATH', '')}",
+        plugin (sidemount inject) found on PATH; with plugins=False, plain `kubectl
+        kustomize` with no flag and no sidemount on PATH, as `kubectl apply -k` builds."""
+        path = os.environ.get("PATH", "")
+        env = dict(os.environ, PATH=f"{os.path.dirname(self.sidemount)}:{path}",
                    KUSTOMIZE_PLUGIN_HOME=os.path.join(REPO, "kustomize", "plugin"), TMPDIR=self.work)
+        if not plugins:
+            env = dict(os.environ, TMPDIR=self.work,
+                       PATH=":".join(d for d in path.split(":") if not os.path.exists(os.path.join(d, "sidemount"))))
+            env.pop("KUSTOMIZE_PLUGIN_HOME", None)
         kubectl = os.path.join(REPO, ".venv", "bin", "kubectl")
         kubectl = kubectl if os.path.exists(kubectl) else "kubectl"
-        proc = subprocess.run([kubectl, "kustomize", "--enable-alpha-plugins", directory], capture_output=True,
-                              text=True, env=env)
+        flags = ["--enable-alpha-plugins"] if plugins else []
+        proc = subprocess.run([kubectl, "kustomize", *flags, directory], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             fail(f"kubectl kustomize {directory}: {proc.stderr.strip()}")
         return load_documents(proc.stdout)

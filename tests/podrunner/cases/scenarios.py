@@ -209,6 +209,45 @@ def kustomize_component(scenario):
         check_clean_delete(scenario, pod, pod.delete())
 
 
+def kustomize_plain_component(scenario):
+    """manifests/component-plain built as `kubectl apply -k` builds it (no flag, no
+    plugin): kustomize/components/sidecar-plain's sidecar reads the pod's annotation
+    through the downward API and mounts under one shared emptyDir; the app runs as
+    1000 and uses the volume through a subPath."""
+    world = scenario.world
+    with scenario.case("kustomize_plain_component"):
+        docs = world.kustomize(os.path.join(MANIFESTS, "component-plain"), plugins=False)
+        deployment = next((d for d in docs if d["kind"] == "Deployment"), None)
+        if deployment is None or "Bidirectional" not in json.dumps(deployment):
+            fail("the plain component did not add the sidecar")
+        sidecar = deployment["spec"]["template"]["spec"]["initContainers"][0]
+        if sidecar["name"] != "sidemount":
+            fail(f"the first init container is {sidecar['name']}, not the sidecar")
+        world.tag(sidecar["image"])
+        pod = scenario.run_pod(deployment)
+        ready(pod)
+        mounts = pod.sh("app", "cat /proc/mounts")
+        if " /data fuse" not in mounts or " /sidemount/data fuse" not in mounts:
+            fail(f"the volume is not a FUSE mount at /data and /sidemount/data in the app: {mounts}")
+        if pod.sh("app", "id -u").strip() != "1000":
+            fail("the app does not run as 1000")
+        pod.sh("app", 'echo "via the plain component, as 1000" > /data/plain.txt')
+        if not wait_for(60, lambda: world.s3.get(BUCKET, "plain/plain.txt") == b"via the plain component, as 1000\n"):
+            fail("the bucket does not hold plain/plain.txt")
+        # The subPath is the volume's own mountpoint (its directory in the shared
+        # emptyDir), so a repair, bound on top of it, reaches the app's bind.
+        before = status(pod)["volumes"][0]["pid"]
+        pod.sh("sidemount", f"kill -9 {before}")
+        if not wait_for(60, lambda: (lambda v: v["state"] == "ready" and v["repairs"] >= 1)(status(pod)["volumes"][0])):
+            fail(f"not repaired in 60s: {status(pod)}")
+        if not wait_for(30, lambda: pod.sh("app", 'echo "after the repair" > /data/after.txt') is not None):
+            fail("the app cannot write /data (its subPath) after the repair")
+        if not wait_for(60, lambda: world.s3.get(BUCKET, "plain/after.txt") == b"after the repair\n"):
+            fail("the bucket does not hold the write made after the repair")
+        scenario.note(f"rclone (pid {before}) killed and repaired: the app writes through its subPath again")
+        check_clean_delete(scenario, pod, pod.delete())
+
+
 # ---------------------------------------------------------------- data safety at pod deletion
 
 ACK = re.compile(r"^ACK (f-(\d+)|held\.log line (\d+))$")
@@ -431,7 +470,8 @@ def safety(name, kind):
 
 SAFETY_ORDERS = ("clean_delete", "grace_almost_used", "oom_then_delete", "force_delete", "sidecar_restart")
 
-SCENARIOS = [s3fs_through_the_webhook, invalid_annotation_refused, legacy_mode, job_completes, kustomize_component] + \
+SCENARIOS = [s3fs_through_the_webhook, invalid_annotation_refused, legacy_mode, job_completes, kustomize_component,
+             kustomize_plain_component] + \
     [safety(order, kind) for order in SAFETY_ORDERS for kind in ("fuse", "block")]
 
 s3fs_through_the_webhook.cases = ("s3_read_write", "app_starts_after_mount", "repair_while_app_runs",
