@@ -1,9 +1,11 @@
 //! Volume specs: the one definition of what a sidemount volume is, shared by the
 //! supervisor, `sidemount check`, the webhook and `sidemount inject`.
 //!
-//! Specs are read into loose serde structs first, then validated as a whole so
-//! that every problem is reported at once, each naming its field
-//! (`volumes[2].fsType`), before anything is mounted.
+//! Specs are read within stated limits (size, nesting, brackets and alias
+//! expansion, checked before the work they bound: see `yaml`), into loose
+//! structs field by field, then validated as a whole so that every problem is
+//! reported at once, each naming its field (`volumes[2].fsType`), before
+//! anything is mounted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -218,7 +220,7 @@ pub fn parse_raw(origin: &str, text: &str) -> Result<Vec<RawVolume>, Invalid> {
         Value::Array(items) => items,
         Value::Object(mut map) => {
             for key in map.keys().filter(|k| *k != "volumes") {
-                let hint = if key.eq_ignore_ascii_case("volumes") || key.eq_ignore_ascii_case("volume") {
+                let hint = if key.eq_ignore_ascii_case("volumes") || near("volumes", key) {
                     " (did you mean `volumes`?)"
                 } else {
                     ""

@@ -6,10 +6,11 @@
 //! - libyaml's scanner rechecks the pending simple key of every open flow
 //!   collection (`[`, `{`) at every token, so a text nested N flow levels deep
 //!   costs O(size × N): 100 KB of `volumes: [[[…` took 28 s. [`scan`] measures
-//!   the nesting first, following libyaml's own rules for where a token starts
-//!   (quotes, comments, plain and block scalars, tags), so a bracket inside a
-//!   string or a comment never counts and one that opens a collection always
-//!   does; and the text is refused before libyaml sees it.
+//!   the nesting first, in one pass that follows libyaml's own rules for where
+//!   a token starts (quotes, comments, plain and block scalars, tags, the pairs
+//!   of a flow sequence), so a bracket inside a string or a comment never
+//!   counts and one that opens a collection always does; a text nested past
+//!   the limit is refused before libyaml sees it.
 //! - Aliases (`*name`) repeat what their anchor holds, so a few hundred bytes can
 //!   stand for billions of values. The value is built by a visitor that counts
 //!   every value it is handed, aliases expanded, and stops at a budget.
@@ -36,7 +37,7 @@ pub struct Limits {
     /// aliases included.
     pub max_values: usize,
     /// Refuse a map that gives one key twice (a spec), rather than keep the last
-    /// (a Kubernetes object, as the YAML libraries of `kubectl` do).
+    /// (a Kubernetes object, as `sidemount inject` always has).
     pub unique_keys: bool,
 }
 
@@ -81,7 +82,8 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Value, YamlError> {
         }
         Err(err) if tagged.get() => {
             let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
-            let tag = err.to_string().split('`').nth(1).unwrap_or("!tag").to_string();
+            let tag = err.to_string().split('`').nth(1).unwrap_or_default().trim_start_matches('!').to_string();
+            let tag = format!("!{tag}");
             Err(YamlError::Tagged { tag, line, column })
         }
         Err(err) => Err(YamlError::Syntax(err)),
@@ -976,7 +978,7 @@ mod tests {
     #[test]
     fn refuses_tags_and_doubled_keys() {
         assert!(
-            matches!(parse("a: !foo x\n", &limits(8)), Err(YamlError::Tagged { .. })),
+            matches!(parse("a: !foo x\n", &limits(8)), Err(YamlError::Tagged { ref tag, line: 1, column: 4 }) if tag == "!foo"),
             "{:?}",
             parse("a: !foo x\n", &limits(8))
         );
