@@ -219,14 +219,14 @@ pub fn parse_raw(origin: &str, text: &str) -> Result<Vec<RawVolume>, Invalid> {
         Value::Null => Vec::new(),
         Value::Array(items) => items,
         Value::Object(mut map) => {
-            for key in map.keys().filter(|k| *k != "volumes") {
-                let hint = if key.eq_ignore_ascii_case("volumes") || near("volumes", key) {
+            for key in map.keys().filter(|k| *k != "volumes").map(|k| shown(k)) {
+                let hint = if key.eq_ignore_ascii_case("volumes") || near("volumes", &key) {
                     " (did you mean `volumes`?)"
                 } else {
                     ""
                 };
                 shape.problem(
-                    key,
+                    &key,
                     format!("unknown field `{key}`{hint}: a spec is `volumes: [...]`, or a bare list of volumes"),
                 );
             }
@@ -286,7 +286,7 @@ impl Shape<'_> {
             }
         };
         for (key, value) in fields {
-            let field = format!("{at}.{key}");
+            let field = format!("{at}.{}", shown(&key));
             match key.as_str() {
                 "name" => raw.name = self.text(&field, value),
                 "type" => raw.kind = self.text(&field, value),
@@ -308,7 +308,11 @@ impl Shape<'_> {
                     };
                     self.problem(
                         &field,
-                        format!("unknown field `{key}`{hint}: the fields of a volume are {}", FIELDS.join(", ")),
+                        format!(
+                            "unknown field `{}`{hint}: the fields of a volume are {}",
+                            shown(&key),
+                            FIELDS.join(", ")
+                        ),
                     );
                 }
             }
@@ -425,6 +429,15 @@ impl Shape<'_> {
                 None
             }
         }
+    }
+}
+
+/// A key as a field name: an empty key (`: x`, `"": x`) would name nothing.
+fn shown(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.is_empty() {
+        "\"\"".into()
+    } else {
+        key.into()
     }
 }
 
@@ -951,6 +964,9 @@ volumes:
         assert!(problem("volume: []").1.contains("did you mean `volumes`"));
         assert!(problem("{}").1.contains("`volumes: []` for none"));
         assert!(problem("- {name: a, type: fuse, comand: [y]}").1.contains("did you mean `command`"));
+        // An empty key is named too (found by fuzzing: `&olumes:` anchors an empty key).
+        assert_eq!(problem("&olumes:\n- name: data\n").0, "\"\"");
+        assert_eq!(problem("- {name: a, type: zfs, dataset: p/a, '': x}").0, "volumes[0].\"\"");
         // A document with nothing in it is still no volume at all.
         assert!(load_one("# no volumes yet\n").unwrap().is_empty());
         assert!(load_one("volumes:\n").unwrap().is_empty());
