@@ -13,3 +13,4 @@ pub mod supervisor;
 pub mod sys;
 pub mod volume;
 pub mod webhook;
+pub mod yaml;

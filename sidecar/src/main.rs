@@ -92,9 +92,26 @@ fn parse_probe_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// The settings a command reads, so that a bad value of another (`SIDEMOUNT_LISTEN`
+/// for `sidemount check`) cannot fail it; `None` for all of them.
+fn settings_read_by(command: &Command) -> Option<&'static [&'static str]> {
+    match command {
+        Command::Check { .. } => Some(&[]),
+        Command::Inject { .. } => Some(&["SIDEMOUNT_IMAGE", "SIDEMOUNT_MODE", "SIDEMOUNT_SHUTDOWN_TIMEOUT"]),
+        Command::Probe { .. } => Some(&["SIDEMOUNT_LISTEN"]),
+        Command::Run | Command::Webhook => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_pairs(std::env::vars()) {
+    let read = settings_read_by(&cli.command);
+    // Settings of other commands are left out; unknown `SIDEMOUNT_*` names stay in,
+    // so a misspelling is still named (they only warn).
+    let known = sidemount::settings::known_variables();
+    let vars = std::env::vars()
+        .filter(|(key, _)| read.map_or(true, |keys| keys.contains(&key.as_str())) || !known.contains(key));
+    let settings = match Settings::from_pairs(vars) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("sidemount: {err}");
@@ -171,17 +188,25 @@ fn inject_files(files: &[PathBuf], base: &inject::Config, flags: &krm::Overrides
     let mut output = String::new();
     let mut failed = false;
     for file in files {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let read = if file.as_os_str() == "-" {
-            std::io::stdin().read_to_string(&mut text).map(|_| ())
+            std::io::stdin().read_to_end(&mut bytes).map(|_| ())
         } else {
-            std::fs::read_to_string(file).map(|t| text = t)
+            std::fs::read(file).map(|b| bytes = b)
         };
         if let Err(err) = read {
             eprintln!("sidemount inject: cannot read {}: {err}", file.display());
             return ExitCode::from(EXIT_NO_INPUT);
         }
         let origin = if file.as_os_str() == "-" { "stdin".to_string() } else { file.display().to_string() };
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => {
+                let offset = err.utf8_error().valid_up_to();
+                eprintln!("sidemount inject: {origin}: not UTF-8 text: the byte at offset {offset} is not UTF-8; save it as UTF-8");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        };
         // A KRM function's input: the list goes back with its results, even when it failed.
         if let Some(list) = krm::resource_list(&text) {
             match krm::process(list, base, flags) {
@@ -261,9 +286,9 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
     for file in files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => sources.push(spec::SpecText { origin: file.display().to_string(), text }),
-            Err(err) => problems.push(format!("{}: cannot read: {err}", file.display())),
+        match spec::read_file(file) {
+            Ok(source) => sources.push(source),
+            Err(problem) => problems.push(problem.to_string()),
         }
     }
     match spec::load(&sources) {

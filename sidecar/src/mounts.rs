@@ -80,9 +80,11 @@ impl MountTable {
         let ids: HashSet<i32> = here.iter().map(|m| m.id).collect();
         // The bottom of the stack is the one whose parent is not at the same path;
         // each mount above has the one below it as parent.
-        let mut stack = Vec::with_capacity(here.len());
+        let mut stack: Vec<&Mount> = Vec::with_capacity(here.len());
         let mut current = here.iter().find(|m| !ids.contains(&m.parent_id) || m.parent_id == m.id).copied();
-        while let Some(m) = current {
+        // A table read while mounts come and go may repeat an id (ids are reused):
+        // a mount already in the stack ends the walk, which could loop otherwise.
+        while let Some(m) = current.filter(|m| !stack.iter().any(|seen| std::ptr::eq(*seen, *m))) {
             stack.push(m);
             current = here.iter().find(|c| c.parent_id == m.id && c.id != m.id).copied();
         }
@@ -122,13 +124,18 @@ impl MountTable {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`). An
+/// octal past `\377` is no byte, so it is left as written.
 fn unescape(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -205,9 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_mount_id_ends_the_walk_up_a_stack() {
+        // Ids 5 and 6 each parent the other: the walk up from the bottom must stop.
+        let text = "1 0 0:1 / / rw - ext4 /dev/a rw\n\
+                    5 1 0:2 / /m rw - fuse.x x rw\n\
+                    6 5 0:3 / /m rw - fuse.x x rw\n\
+                    5 6 0:4 / /m rw - fuse.x x rw\n";
+        let t = MountTable::parse(text.as_bytes()).unwrap();
+        let ids: Vec<i32> = t.stack_at(Path::new("/m")).iter().map(|m| m.id).collect();
+        assert_eq!(ids, [5, 6, 5]);
+        assert_eq!(t.above_base(Path::new("/m"), Mount::is_fuse).len(), 3);
+    }
+
+    #[test]
     fn unescapes_octal() {
         assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+        // Past a byte: `\400` would overflow (found by fuzzing).
+        assert_eq!(unescape(r"/a\400\377"), "/a\\400\u{FFFD}");
+        assert_eq!(unescape(r"/a\4001\b4c\011"), "/a\\4001\\b4c\t");
     }
 }

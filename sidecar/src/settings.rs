@@ -162,7 +162,7 @@ impl Settings {
 
 /// The `SIDEMOUNT_*` names `Settings` reads, taken from its own serde
 /// description so the list cannot drift from the struct.
-fn known_variables() -> Vec<String> {
+pub fn known_variables() -> Vec<String> {
     use serde::de::{self, Visitor};
 
     struct FieldNames<'a>(&'a mut &'static [&'static str]);

@@ -1,15 +1,20 @@
 //! Volume specs: the one definition of what a sidemount volume is, shared by the
 //! supervisor, `sidemount check`, the webhook and `sidemount inject`.
 //!
-//! Specs are read into loose serde structs first, then validated as a whole so
-//! that every problem is reported at once, each naming its field
-//! (`volumes[2].fsType`), before anything is mounted.
+//! Specs are read within stated limits (size, nesting, brackets and alias
+//! expansion, checked before the work they bound: see `yaml`), into loose
+//! structs field by field, then validated as a whole so that every problem is
+//! reported at once, each naming its field (`volumes[2].fsType`), before
+//! anything is mounted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::yaml;
 
 /// Filesystem types a `block` volume may carry.
 pub const BLOCK_FS_TYPES: &[&str] = &["ext4", "xfs", "btrfs"];
@@ -80,17 +85,6 @@ impl fmt::Display for Scalar {
             Scalar::Text(s) => f.write_str(s),
         }
     }
-}
-
-/// A spec document: `volumes: [...]` or, as in the pod annotation, a bare list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Document {
-    Wrapped {
-        #[serde(default)]
-        volumes: Vec<RawVolume>,
-    },
-    List(Vec<RawVolume>),
 }
 
 /// A validated volume.
@@ -177,35 +171,333 @@ pub struct SpecText {
     pub text: String,
 }
 
-/// Parses one document into raw volumes, or the one problem that stops parsing.
-pub fn parse_raw(origin: &str, text: &str) -> Result<Vec<RawVolume>, Problem> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    // YAML is a superset of JSON, so one parser serves both.
-    match serde_yaml_ng::from_str::<Option<Document>>(text) {
-        Ok(None) => Ok(Vec::new()),
-        Ok(Some(Document::Wrapped { volumes })) | Ok(Some(Document::List(volumes))) => Ok(volumes),
+/// The most bytes of spec text, from a file, `SIDEMOUNT_VOLUMES` or the pod
+/// annotation. Kubernetes caps all the annotations of an object at 256 KiB
+/// together; 64 KiB holds hundreds of volumes. The worst text within every
+/// limit here (nested 30 deep in flow style, filled with `a,`) parses in about
+/// 35 ms, best of five runs of a release build on a loaded 2-core VM, 55 ms at
+/// worst; a debug build takes about ten times that
+/// (`worst_case_parse_time_at_the_limits`).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// The deepest nesting of lists and maps, block and flow together: a spec needs
+/// four (the `volumes` map, the list, a volume, its `command`, `env` or
+/// `create`). libyaml's cost grows with the flow nesting times the size.
+pub const MAX_SPEC_DEPTH: usize = 32;
+/// The most `[` and `{` characters in a spec, strings included: a second bound
+/// on libyaml's cost that holds whatever the nesting scan concludes (64 KiB
+/// nested 1024 deep parses in 0.2 to 0.45 s, against minutes unbounded). The
+/// injected `SIDEMOUNT_VOLUMES` uses about five per volume.
+pub const MAX_SPEC_BRACKETS: usize = 1024;
+/// The most values (scalars, lists, maps, keys) a spec may expand to, YAML
+/// aliases (`*name`) included: twice what 64 KiB can hold without aliases.
+pub const MAX_SPEC_VALUES: usize = 64 * 1024;
+
+/// What a spec may cost; checked before libyaml reads it.
+pub const SPEC_LIMITS: yaml::Limits = yaml::Limits {
+    max_bytes: Some(MAX_SPEC_BYTES),
+    max_depth: MAX_SPEC_DEPTH,
+    max_brackets: Some(MAX_SPEC_BRACKETS),
+    max_values: MAX_SPEC_VALUES,
+    unique_keys: true,
+};
+
+/// The fields of a volume, as written.
+pub const FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "command",
+    "options",
+    "env",
+    "secretDir",
+    "secretName",
+    "filesystem",
+    "dataset",
+    "create",
+    "device",
+    "fsType",
+    "format",
+    "uid",
+    "gid",
+];
+
+/// Parses one document (`volumes: [...]`, a bare list, or nothing) into raw
+/// volumes, or every problem of its shape: a field that is unknown, or of the
+/// wrong kind (`name: 123`), each named (`volumes[0].name`).
+pub fn parse_raw(origin: &str, text: &str) -> Result<Vec<RawVolume>, Invalid> {
+    let mut shape = Shape { origin, problems: Vec::new() };
+    let value = match yaml::parse(text, &SPEC_LIMITS) {
+        Ok(value) => value,
         Err(err) => {
-            // An untagged enum hides the real error; parse again as the documented form for it.
-            let detail = match serde_yaml_ng::from_str::<WrappedStrict>(text) {
-                Err(e) => e.to_string(),
-                Ok(_) => err.to_string(),
-            };
-            Err(Problem {
-                origin: origin.to_string(),
-                field: "volumes".to_string(),
-                message: format!("cannot parse the spec: {detail}"),
-            })
+            shape.problem("volumes", format!("the spec {err}"));
+            return Err(Invalid(shape.problems));
+        }
+    };
+    let items = match value {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items,
+        Value::Object(mut map) => {
+            for key in map.keys().filter(|k| *k != "volumes").map(|k| shown(k)) {
+                let hint = if key.eq_ignore_ascii_case("volumes") || near("volumes", &key) {
+                    " (did you mean `volumes`?)"
+                } else {
+                    ""
+                };
+                shape.problem(
+                    &key,
+                    format!("unknown field `{key}`{hint}: a spec is `volumes: [...]`, or a bare list of volumes"),
+                );
+            }
+            match map.remove("volumes") {
+                // A misspelled `volumes` has been named above; saying it is missing adds nothing.
+                None if !shape.problems.is_empty() => Vec::new(),
+                None => {
+                    shape.problem(
+                        "volumes",
+                        "required: `volumes: [...]` lists the volumes (`volumes: []` for none)".into(),
+                    );
+                    Vec::new()
+                }
+                Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => items,
+                Some(other) => {
+                    shape.problem("volumes", format!("must be a list of volumes, not {}", kind_of(&other)));
+                    Vec::new()
+                }
+            }
+        }
+        other => {
+            shape.problem(
+                "volumes",
+                format!("a spec is `volumes: [...]` or a list of volumes, not {}", kind_of(&other)),
+            );
+            Vec::new()
+        }
+    };
+    let volumes: Vec<RawVolume> =
+        items.into_iter().enumerate().map(|(i, item)| shape.volume(&format!("volumes[{i}]"), item)).collect();
+    if shape.problems.is_empty() {
+        Ok(volumes)
+    } else {
+        Err(Invalid(shape.problems))
+    }
+}
+
+/// Reads raw volumes out of parsed YAML, noting every field of the wrong shape.
+struct Shape<'a> {
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Shape<'_> {
+    fn problem(&mut self, field: &str, message: String) {
+        self.problems.push(Problem { origin: self.origin.to_string(), field: field.to_string(), message });
+    }
+
+    fn volume(&mut self, at: &str, item: Value) -> RawVolume {
+        let mut raw = RawVolume::default();
+        let fields = match item {
+            Value::Object(fields) => fields,
+            other => {
+                self.problem(at, format!("must be a map of fields (name, type, ...), not {}", kind_of(&other)));
+                return raw;
+            }
+        };
+        for (key, value) in fields {
+            let field = format!("{at}.{}", shown(&key));
+            match key.as_str() {
+                "name" => raw.name = self.text(&field, value),
+                "type" => raw.kind = self.text(&field, value),
+                "command" => raw.command = self.texts(&field, value),
+                "options" => raw.options = self.texts(&field, value),
+                "env" => raw.env = self.text_map(&field, value),
+                "secretDir" => raw.secret_dir = self.text(&field, value).map(PathBuf::from),
+                "secretName" => raw.secret_name = self.text(&field, value),
+                "filesystem" => raw.filesystem = self.text(&field, value),
+                "dataset" => raw.dataset = self.text(&field, value),
+                "create" => raw.create = self.properties(&field, value),
+                "device" => raw.device = self.text(&field, value).map(PathBuf::from),
+                "fsType" => raw.fs_type = self.text(&field, value),
+                "format" => raw.format = self.flag(&field, value),
+                "uid" => raw.uid = self.id(&field, value),
+                "gid" => raw.gid = self.id(&field, value),
+                _ => {
+                    let hint = match FIELDS.iter().find(|f| f.eq_ignore_ascii_case(&key) || near(f, &key)) {
+                        Some(known) => format!(" (did you mean `{known}`?)"),
+                        None => String::new(),
+                    };
+                    self.problem(
+                        &field,
+                        format!(
+                            "unknown field `{}`{hint}: the fields of a volume are {}",
+                            shown(&key),
+                            FIELDS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        raw
+    }
+
+    /// A user or group id: a whole number that fits a uid_t (its range is checked
+    /// in `validate`); `null` is the same as leaving the field out.
+    fn id(&mut self, field: &str, value: Value) -> Option<u32> {
+        match value {
+            Value::Null => None,
+            Value::Number(n) if n.as_u64().is_some_and(|n| u32::try_from(n).is_ok()) => {
+                n.as_u64().and_then(|n| u32::try_from(n).ok())
+            }
+            other => {
+                self.problem(field, format!("must be a whole number from 0 to 4294967294, not {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    /// A string; `null` (or nothing after the colon) is the same as leaving the field out.
+    fn text(&mut self, field: &str, value: Value) -> Option<String> {
+        match value {
+            Value::String(text) => Some(text),
+            Value::Null => None,
+            Value::Bool(_) | Value::Number(_) => {
+                self.problem(field, format!("must be a string, not {}: quote it (\"{value}\")", kind_of(&value)));
+                None
+            }
+            other => {
+                self.problem(field, format!("must be a string, not {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    fn texts(&mut self, field: &str, value: Value) -> Option<Vec<String>> {
+        match value {
+            Value::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let at = format!("{field}[{i}]");
+                        match item {
+                            Value::Null => {
+                                self.problem(&at, "is empty: give a string, or remove the item".into());
+                                String::new()
+                            }
+                            item => self.text(&at, item).unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            ),
+            Value::Null => None,
+            other => {
+                self.problem(field, format!("must be a list of strings, e.g. [a, b], not {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    fn text_map(&mut self, field: &str, value: Value) -> Option<BTreeMap<String, String>> {
+        match value {
+            Value::Object(map) => Some(
+                map.into_iter()
+                    .map(|(key, value)| {
+                        let at = format!("{field}.{key}");
+                        let text = match value {
+                            Value::Null => {
+                                self.problem(&at, "has no value: give a string (\"\" for empty)".into());
+                                None
+                            }
+                            value => self.text(&at, value),
+                        };
+                        (key, text.unwrap_or_default())
+                    })
+                    .collect(),
+            ),
+            Value::Null => None,
+            other => {
+                self.problem(field, format!("must be a map of NAME: \"value\", not {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    fn properties(&mut self, field: &str, value: Value) -> Option<BTreeMap<String, Scalar>> {
+        match value {
+            Value::Object(map) => Some(
+                map.into_iter()
+                    .filter_map(|(key, value)| {
+                        let scalar = match value {
+                            Value::Bool(b) => Scalar::Bool(b),
+                            Value::String(text) => Scalar::Text(text),
+                            Value::Number(n) if n.is_i64() => Scalar::Int(n.as_i64().unwrap_or_default()),
+                            other => {
+                                self.problem(
+                                    &format!("{field}.{key}"),
+                                    format!("must be a string, a whole number or true/false, not {}", kind_of(&other)),
+                                );
+                                return None;
+                            }
+                        };
+                        Some((key, scalar))
+                    })
+                    .collect(),
+            ),
+            Value::Null => None,
+            other => {
+                self.problem(field, format!("must be a map of zfs properties, not {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    fn flag(&mut self, field: &str, value: Value) -> Option<bool> {
+        match value {
+            Value::Bool(b) => Some(b),
+            Value::Null => None,
+            Value::String(text) if text == "true" || text == "false" => {
+                self.problem(field, format!("must be true or false, not the string \"{text}\": remove the quotes"));
+                None
+            }
+            other => {
+                self.problem(field, format!("must be true or false, not {}", kind_of(&other)));
+                None
+            }
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WrappedStrict {
-    #[allow(dead_code)]
-    volumes: Vec<RawVolume>,
+/// A key as a field name: an empty key (`: x`, `"": x`) would name nothing.
+fn shown(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.is_empty() {
+        "\"\"".into()
+    } else {
+        key.into()
+    }
+}
+
+/// How a value is called in messages; short, so a hostile value is never echoed whole.
+fn kind_of(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a map".into(),
+    }
+}
+
+/// Whether `key` is one slip (a letter changed, missing, added or swapped) from `known`.
+fn near(known: &str, key: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (known.to_lowercase().chars().collect(), key.to_lowercase().chars().collect());
+    if a.len().abs_diff(b.len()) > 1 || b.len() > 32 {
+        return false;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..].iter().rev().zip(b[prefix..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let (ra, rb) = (a.len() - prefix - suffix, b.len() - prefix - suffix);
+    let swapped = ra == 2 && rb == 2 && a[prefix] == b[prefix + 1] && a[prefix + 1] == b[prefix];
+    (ra <= 1 && rb <= 1) || swapped
 }
 
 /// Parses and validates every source together; names must be unique across all.
@@ -215,7 +507,7 @@ pub fn load(sources: &[SpecText]) -> Result<Vec<Volume>, Invalid> {
     for source in sources {
         match parse_raw(&source.origin, &source.text) {
             Ok(list) => raws.extend(list.into_iter().enumerate().map(|(i, v)| (source.origin.clone(), i, v))),
-            Err(p) => problems.push(p),
+            Err(Invalid(found)) => problems.extend(found),
         }
     }
     let mut volumes = Vec::new();
@@ -525,8 +817,8 @@ pub fn read_sources(config: &Path, inline: Option<&str>, reading: Reading) -> Re
     let mut problems = Vec::new();
     let problem =
         |path: &Path, message: String| Problem { origin: path.display().to_string(), field: "volumes".into(), message };
-    let read = |path: &Path, problems: &mut Vec<Problem>| match std::fs::read_to_string(path) {
-        Ok(text) if reading == Reading::Reload && text.trim().is_empty() => {
+    let read = |path: &Path, problems: &mut Vec<Problem>| match read_file(path) {
+        Ok(source) if reading == Reading::Reload && source.text.trim().is_empty() => {
             problems.push(problem(
                 path,
                 "the spec file is empty (a write may be under way); the running volumes stay; \
@@ -535,9 +827,9 @@ pub fn read_sources(config: &Path, inline: Option<&str>, reading: Reading) -> Re
             ));
             None
         }
-        Ok(text) => Some(SpecText { origin: path.display().to_string(), text }),
-        Err(e) => {
-            problems.push(problem(path, format!("cannot read the spec file: {e}")));
+        Ok(source) => Some(source),
+        Err(found) => {
+            problems.push(found);
             None
         }
     };
@@ -585,6 +877,31 @@ pub fn read_sources(config: &Path, inline: Option<&str>, reading: Reading) -> Re
         Ok(sources)
     } else {
         Err(Invalid(problems))
+    }
+}
+
+/// Reads one spec file: at most [`MAX_SPEC_BYTES`] of UTF-8 text. A larger
+/// file is refused without reading it all, and text that is not UTF-8 is named
+/// by the offset of its first bad byte.
+pub fn read_file(path: &Path) -> Result<SpecText, Problem> {
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let problem = |message: String| Problem { origin: origin.clone(), field: "volumes".into(), message };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| problem(format!("cannot read the spec file: {e}")))?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(problem(format!(
+            "the spec file is larger than the limit of {MAX_SPEC_BYTES} bytes: split it into several files in a directory"
+        )));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(SpecText { origin, text }),
+        Err(e) => Err(problem(format!(
+            "the spec file is not UTF-8 text: the byte at offset {} is not UTF-8; save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        ))),
     }
 }
 
@@ -706,8 +1023,192 @@ volumes:
     #[test]
     fn reports_parse_errors_and_unknown_fields() {
         let err = load_one("volumes:\n- name: a\n  type: block\n  fstype: ext4\n").unwrap_err();
-        assert!(err.0[0].message.contains("fstype"), "{err}");
+        assert_eq!(err.0[0].field, "volumes[0].fstype", "{err}");
+        assert!(err.0[0].message.contains("did you mean `fsType`"), "{err}");
         assert!(load_one("volumes: [").is_err());
+    }
+
+    /// One problem line per text: (field, message).
+    fn problem(text: &str) -> (String, String) {
+        let err = load_one(text).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        (err.0[0].field.clone(), err.0[0].message.clone())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_every_level() {
+        for (text, field) in [
+            ("volume:\n- {name: a, type: zfs, dataset: p/a}\n", "volume"),
+            ("Volumes:\n- {name: a, type: zfs, dataset: p/a}\n", "Volumes"),
+            ("volumes: []\nextra: 1\n", "extra"),
+            ("{}", "volumes"),
+            ("- {name: a, type: zfs, dataset: p/a, Dataset: p/b}", "volumes[0].Dataset"),
+            ("- {name: a, type: fuse, command: [x, '{mountpoint}'], comand: [y]}", "volumes[0].comand"),
+        ] {
+            let (got, message) = problem(text);
+            assert_eq!(got, field, "{text:?}: {message}");
+        }
+        assert!(problem("volume: []").1.contains("did you mean `volumes`"));
+        assert!(problem("{}").1.contains("`volumes: []` for none"));
+        assert!(problem("- {name: a, type: fuse, comand: [y]}").1.contains("did you mean `command`"));
+        // An empty key is named too (found by fuzzing: `&olumes:` anchors an empty key).
+        assert_eq!(problem("&olumes:\n- name: data\n").0, "\"\"");
+        assert_eq!(problem("- {name: a, type: zfs, dataset: p/a, '': x}").0, "volumes[0].\"\"");
+        // A document with nothing in it is still no volume at all.
+        assert!(load_one("# no volumes yet\n").unwrap().is_empty());
+        assert!(load_one("volumes:\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_names_its_field_and_what_it_must_be() {
+        for (text, field, says) in [
+            (
+                "- {name: 123, type: zfs, dataset: p/a}",
+                "volumes[0].name",
+                "must be a string, not the number 123: quote it (\"123\")",
+            ),
+            (
+                "- {name: a, type: zfs, dataset: p/a, env: {DEBUG: 1}}",
+                "volumes[0].env.DEBUG",
+                "must be a string, not the number 1: quote it",
+            ),
+            (
+                "- {name: a, type: zfs, dataset: p/a, env: {DEBUG: true}}",
+                "volumes[0].env.DEBUG",
+                "not the boolean true",
+            ),
+            ("- {name: a, type: fuse, command: [x, 1, '{mountpoint}']}", "volumes[0].command[1]", "must be a string"),
+            ("- {name: a, type: fuse, command: 'x {mountpoint}'}", "volumes[0].command", "must be a list of strings"),
+            ("- {name: a, type: zfs, dataset: p/a, options: ro}", "volumes[0].options", "must be a list of strings"),
+            (
+                "- {name: a, type: block, device: /dev/x, fsType: ext4, format: 'true'}",
+                "volumes[0].format",
+                "remove the quotes",
+            ),
+            (
+                "- {name: a, type: zfs, dataset: p/a, create: {refquota: 1.5}}",
+                "volumes[0].create.refquota",
+                "whole number",
+            ),
+            ("- {name: a, type: zfs, dataset: p/a, env: [A]}", "volumes[0].env", "must be a map"),
+            ("- data", "volumes[0]", "must be a map of fields"),
+            ("volumes: {name: a}", "volumes", "must be a list of volumes"),
+            ("just text", "volumes", "not a string"),
+        ] {
+            let (got, message) = problem(text);
+            assert_eq!(got, field, "{text:?}: {message}");
+            assert!(message.contains(says), "{text:?}: {message}");
+        }
+        // Every problem of the shape at once.
+        let err = load_one("- {name: 1, type: 2}\n- {name: b, type: zfs, dataset: 3}").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["volumes[0].name", "volumes[0].type", "volumes[1].dataset"], "{err}");
+        // Quoted, the same values are fine.
+        assert_eq!(load_one("- {name: '123', type: zfs, dataset: p/a, env: {DEBUG: '1'}}").unwrap()[0].name, "123");
+    }
+
+    #[test]
+    fn refuses_a_text_past_the_limits_naming_them() {
+        let too_big = format!("volumes: []\n#{}\n", "x".repeat(MAX_SPEC_BYTES));
+        let (field, message) = problem(&too_big);
+        assert_eq!(field, "volumes");
+        assert!(message.contains(&format!("above the limit of {MAX_SPEC_BYTES} bytes")), "{message}");
+
+        let deep = format!("volumes: {}{}", "[".repeat(MAX_SPEC_DEPTH), "]".repeat(MAX_SPEC_DEPTH));
+        let message = problem(&deep).1;
+        assert!(message.contains(&format!("more than {MAX_SPEC_DEPTH} levels deep")), "{message}");
+        let block: String = (0..=MAX_SPEC_DEPTH).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+        assert!(problem(&block).1.contains("levels deep"));
+
+        let brackets =
+            format!("- {{name: a, type: zfs, dataset: p/a, env: {{A: '{}'}}}}", "[".repeat(MAX_SPEC_BRACKETS));
+        assert!(problem(&brackets).1.contains(&format!("more than {MAX_SPEC_BRACKETS} `[` and `{{`")));
+
+        // Right at the limits, a spec is read.
+        let mut at_limit = String::from("volumes:\n");
+        let mut i = 0;
+        while at_limit.len() < MAX_SPEC_BYTES - 200 {
+            at_limit.push_str(&format!("- name: v{i}\n  type: zfs\n  dataset: pool/v{i}\n"));
+            i += 1;
+        }
+        assert!(at_limit.len() <= MAX_SPEC_BYTES);
+        assert_eq!(load_one(&at_limit).unwrap().len(), i);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_quickly_and_says_so() {
+        let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..9 {
+            bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
+        }
+        bomb.push_str("volumes: *a8\n");
+        let started = std::time::Instant::now();
+        let (field, message) = problem(&bomb);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(field, "volumes");
+        assert!(
+            message.contains(&format!("aliases (*name) that expand to more than {MAX_SPEC_VALUES} values")),
+            "{message}"
+        );
+        // One list aliased thousands of times expands past the budget without many jumps.
+        let wide = format!(
+            "- {{name: a, type: fuse, command: &c [{}, '{{mountpoint}}']}}\n{}",
+            vec!["x"; 2000].join(","),
+            (0..1200).map(|i| format!("- name: v{i}\n  type: fuse\n  command: *c\n")).collect::<String>()
+        );
+        assert!(wide.len() < MAX_SPEC_BYTES);
+        let started = std::time::Instant::now();
+        let message = problem(&wide).1;
+        assert!(message.contains("aliases"), "{message}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        // An alias or two in a real spec is read.
+        let shared =
+            "- {name: a, type: zfs, dataset: p/a, env: &env {A: b}}\n- {name: b, type: zfs, dataset: p/b, env: *env}";
+        assert_eq!(load_one(shared).unwrap()[1].env["A"], "b");
+    }
+
+    #[test]
+    fn worst_case_parse_time_at_the_limits() {
+        // The costliest texts within the limits: nested as deep as allowed, every
+        // bracket used, filled with the tokens libyaml pays for at each level.
+        let fill = |head: String, unit: &str, tail: &str| {
+            let mut text = head;
+            while text.len() + unit.len() + tail.len() <= MAX_SPEC_BYTES {
+                text.push_str(unit);
+            }
+            text + tail
+        };
+        let depth = MAX_SPEC_DEPTH - 2;
+        let cases = [
+            fill(format!("volumes: {}", "[".repeat(depth)), "a,", &"]".repeat(depth)),
+            fill(format!("volumes: {}", "[".repeat(depth)), "a, ", ""),
+            fill(format!("volumes: {}", "{a: ".repeat(depth)), "a: b, ", &"}".repeat(depth)),
+            fill(format!("volumes: {}", "[".repeat(depth)), "[a], ", &"]".repeat(depth)),
+            fill(format!("volumes:\n- {{name: a, env: &e {{{}", ""), "a: b, ", "}}\n"),
+        ];
+        for text in cases {
+            assert!(text.len() <= MAX_SPEC_BYTES);
+            let started = std::time::Instant::now();
+            let _ = load_one(&text);
+            // A debug build is about ten times slower than a release build.
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}: {}", started.elapsed(), &text[..40]);
+        }
+    }
+
+    #[test]
+    fn reads_a_spec_file_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("latin1.yaml");
+        std::fs::write(&bad, b"- {name: caf\xe9, type: zfs, dataset: p/a}").unwrap();
+        let problem = read_file(&bad).unwrap_err();
+        assert_eq!(problem.origin, bad.display().to_string());
+        assert!(problem.message.contains("not UTF-8") && problem.message.contains("offset 12"), "{problem}");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_SPEC_BYTES + 1]).unwrap();
+        assert!(read_file(&big).unwrap_err().message.contains("larger than the limit"));
+        // A directory with a bad file reports it and reads nothing from it.
+        let err = read_sources(dir.path(), None, Reading::Start).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

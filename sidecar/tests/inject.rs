@@ -188,7 +188,7 @@ fn unreadable_input_is_its_own_error() {
     let out = inject(&[], &[], b"kind: Pod\nmetadata: [\n");
     assert_eq!(out.status.code(), Some(64));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("document 1: not valid YAML"),
+        String::from_utf8_lossy(&out.stderr).contains("document 1 is not valid YAML"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

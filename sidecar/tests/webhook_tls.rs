@@ -330,3 +330,88 @@ fn refuses_to_start_without_a_usable_certificate() {
         assert!(stderr.contains(says), "expected {says:?} in:\n{stderr}");
     }
 }
+
+/// A review that costs the most the limits allow: a pod of some megabytes, with
+/// an annotation nested as deep as a spec may be. Still an answer, not a refusal.
+fn slow_review() -> Bytes {
+    let mut review: serde_json::Value = serde_json::from_slice(&fixture("plain-pod")).unwrap();
+    let object = &mut review["request"]["object"];
+    let env: Vec<serde_json::Value> =
+        (0..40_000).map(|i| serde_json::json!({ "name": format!("V{i}"), "value": "x".repeat(40) })).collect();
+    object["spec"]["containers"][0]["env"] = serde_json::Value::Array(env);
+    let depth = sidemount::spec::MAX_SPEC_DEPTH - 2;
+    let mut annotation = format!("volumes: {}", "[".repeat(depth));
+    while annotation.len() + 2 + depth < sidemount::spec::MAX_SPEC_BYTES {
+        annotation.push_str("a,");
+    }
+    annotation.push_str(&"]".repeat(depth));
+    object["metadata"]["annotations"]["sidemount.io/volumes"] = serde_json::Value::String(annotation);
+    Bytes::from(serde_json::to_vec(&review).unwrap())
+}
+
+/// While every review slot is busy with slow reviews, a new client still gets its
+/// TLS handshake and `/healthz` answered: reviews run off the async workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_reviews_hold_up_no_other_client() {
+    let ca = Ca::new("sidemount test CA");
+    let volume = SecretVolume::new(&ca.issue());
+    let webhook = Webhook::start(&volume.cert(), &volume.key());
+    let review = slow_review();
+
+    // One slow review alone: what a client behind it would wait, were it on a worker.
+    let mut sender = bounded("connect", connect(webhook.addr, ca.client())).await.unwrap();
+    let started = Instant::now();
+    let (status, body) = bounded("slow review", send(&mut sender, "POST", "/mutate", review.clone())).await.unwrap();
+    let alone = started.elapsed();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "the annotation nests as deep as allowed and is no spec");
+    assert!(alone > Duration::from_millis(300), "the review took {alone:?}: too fast to show anything");
+
+    // More slow reviews at once than there are slots, and the workers.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders = 2 * sidemount::webhook::review_slots() + 2;
+    let mut flood = Vec::new();
+    for _ in 0..senders {
+        let (addr, client, review, stop) = (webhook.addr, ca.client(), review.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut sender = connect(addr, client).await.unwrap();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match send(&mut sender, "POST", "/mutate", review.clone()).await {
+                    Ok((status, _)) => statuses.push(status),
+                    // Cut off: recorded as 0, and this client is done.
+                    Err(_) => return [statuses, vec![0]].concat(),
+                }
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(alone).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let mut probe = bounded("connect during the flood", connect(webhook.addr, ca.client())).await.unwrap();
+        let (status, _) =
+            bounded("healthz during the flood", send(&mut probe, "GET", "/healthz", Bytes::new())).await.unwrap();
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for sender in flood {
+        statuses.extend(bounded("the flood to end", sender).await.unwrap());
+    }
+    eprintln!(
+        "one slow review: {alone:?}; a new client's handshake and /healthz during the flood: at most {slowest:?}"
+    );
+    assert!(
+        slowest < alone / 3,
+        "a new client waited {slowest:?} for its handshake and /healthz, with slow reviews ({alone:?} each) running"
+    );
+    // Each slow review is answered, or turned away (503) when no slot frees in time: never cut off (0).
+    assert!(statuses.len() >= senders, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+}

@@ -77,7 +77,32 @@ pub fn convert(volumes: &mut [Value]) -> Conversion {
         if flex.get("readOnly").and_then(Value::as_bool) == Some(true) && !options.iter().any(|o| o == "ro") {
             options.push("ro".into());
         }
-        let secret_name = flex.pointer("/secretRef/name").and_then(Value::as_str).map(String::from);
+        // A secretRef the driver would not have read must not leave the pod without credentials.
+        let secret_name = match flex.get("secretRef") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(reference)) => match reference.get("name") {
+                Some(Value::String(name)) => Some(name.clone()),
+                None | Some(Value::Null) => {
+                    problem(
+                        "secretRef.name",
+                        "required: the Secret with accesskey, secretkey, license and passphrase (or remove secretRef)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(_) => {
+                    problem("secretRef.name", "must be a string: the name of a Secret in the pod's namespace".into());
+                    None
+                }
+            },
+            Some(_) => {
+                problem(
+                    "secretRef",
+                    "must be a map naming the Secret, `secretRef: {name: ofs-secret}`, not a string or a list".into(),
+                );
+                None
+            }
+        };
         if let Some(extra) = flex.get("options").and_then(Value::as_object) {
             for key in extra.keys().filter(|k| !matches!(k.as_str(), "networkPath" | "mountOptions")) {
                 found.warnings.push(format!(
@@ -172,5 +197,33 @@ mod tests {
         );
         assert!(found.volumes.is_empty());
         assert!(volumes.iter().all(|v| v.get("flexVolume").is_some()));
+    }
+
+    #[test]
+    fn a_secret_ref_that_names_no_secret_is_refused_not_dropped() {
+        let flex = |secret_ref: Value| {
+            json!({ "name": "d", "flexVolume": { "driver": "altalang/ofs", "secretRef": secret_ref,
+                "options": { "networkPath": "s3://b" } } })
+        };
+        let mut volumes =
+            vec![flex(json!("ofs-secret")), flex(json!({})), flex(json!({ "name": 5 })), flex(json!(["ofs-secret"]))];
+        let found = convert(&mut volumes);
+        let fields: Vec<String> = found.problems.iter().map(|p| format!("{}: {}", p.origin, p.field)).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.volumes[0].flexVolume: secretRef",
+                "spec.volumes[1].flexVolume: secretRef.name",
+                "spec.volumes[2].flexVolume: secretRef.name",
+                "spec.volumes[3].flexVolume: secretRef",
+            ]
+        );
+        assert!(found.problems[0].message.contains("{name: ofs-secret}"), "{}", found.problems[0]);
+        assert!(found.volumes.is_empty(), "a volume was converted without its credentials");
+        // No secretRef at all is still a volume without a Secret, as the driver had it.
+        let mut volumes = vec![
+            json!({ "name": "d", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } }),
+        ];
+        assert_eq!(convert(&mut volumes).volumes.len(), 1);
     }
 }

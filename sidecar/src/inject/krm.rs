@@ -64,8 +64,8 @@ impl Overrides {
 /// Why a function config cannot be used: each message names the field.
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionConfigError {
-    #[error("not valid YAML: {0}")]
-    Parse(#[source] serde_yaml_ng::Error),
+    #[error("the function config {0}")]
+    Parse(#[source] crate::yaml::YamlError),
     #[error("kind: {found:?}: sidemount reads a {FUNCTION_CONFIG_KIND} (apiVersion {FUNCTION_CONFIG_API_VERSION}) with spec {{image, mode, shutdownTimeout}}, or a ConfigMap with those keys in data")]
     Kind { found: String },
     #[error("apiVersion: {found:?}: a {FUNCTION_CONFIG_KIND} is {FUNCTION_CONFIG_API_VERSION}")]
@@ -84,7 +84,7 @@ pub enum FunctionConfigError {
 
 /// Reads a function config from its YAML text (the file kustomize names).
 pub fn parse_function_config(text: &str) -> Result<Overrides, FunctionConfigError> {
-    let value: Value = serde_yaml_ng::from_str(text).map_err(FunctionConfigError::Parse)?;
+    let value = crate::yaml::parse(text, &super::manifest::MANIFEST_LIMITS).map_err(FunctionConfigError::Parse)?;
     read_function_config(&value)
 }
 
@@ -143,7 +143,7 @@ pub fn resource_list(text: &str) -> Option<Value> {
     if !text.contains(RESOURCE_LIST_KIND) {
         return None;
     }
-    let value: Value = serde_yaml_ng::from_str(text).ok()?;
+    let value = crate::yaml::parse(text, &super::manifest::MANIFEST_LIMITS).ok()?;
     let api_version = value.get("apiVersion").and_then(Value::as_str)?;
     (value.get("kind").and_then(Value::as_str) == Some(RESOURCE_LIST_KIND)
         && RESOURCE_LIST_API_VERSIONS.contains(&api_version))

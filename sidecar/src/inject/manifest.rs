@@ -7,6 +7,26 @@ use std::fmt;
 use serde_json::Value;
 
 use super::{inject, Config, InjectError, Outcome};
+use crate::yaml::{self, YamlError};
+
+/// The deepest nesting of a Kubernetes object: serde_yaml_ng's own recursion
+/// limit, so no document it could read is refused. libyaml's cost grows with the
+/// flow nesting, so bounding it before the parse keeps that cost linear: about
+/// 1 µs a byte at this depth, against 28 s for 100 KB nested 50 000 deep.
+pub const MAX_MANIFEST_DEPTH: usize = 128;
+/// The most values one document may expand to, YAML aliases included: an object
+/// the API server stores (at most 1.5 MiB in etcd) holds fewer.
+pub const MAX_MANIFEST_VALUES: usize = 1 << 20;
+/// What one document of a stream may cost. Its size is not bounded: the stream is
+/// the user's own, and with the nesting bounded the parse is linear.
+pub const MANIFEST_LIMITS: yaml::Limits = yaml::Limits {
+    max_bytes: None,
+    max_depth: MAX_MANIFEST_DEPTH,
+    max_brackets: None,
+    max_values: MAX_MANIFEST_VALUES,
+    // As kubectl reads YAML: the last of a doubled key counts.
+    unique_keys: false,
+};
 
 /// Where each kind keeps its pod: a JSON pointer to the object holding
 /// `metadata` and `spec`.
@@ -32,8 +52,8 @@ pub struct Injected {
 /// Why a stream cannot be injected: one variant per step.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("document {document}: not valid YAML: {source}")]
-    Parse { document: usize, source: serde_yaml_ng::Error },
+    #[error("document {document} {source}")]
+    Parse { document: usize, source: YamlError },
     /// Every object that cannot be injected, each with its reasons.
     #[error("{}", ObjectErrors(.0))]
     Invalid(Vec<ObjectError>),
@@ -84,6 +104,8 @@ pub fn inject_stream(text: &str, config: &Config) -> Result<Injected, ManifestEr
     let mut injected = 0;
     let mut warnings = Vec::new();
     let mut invalid = Vec::new();
+    // A byte order mark may open the stream; libyaml would take a `---` after it for text.
+    let text = text.strip_prefix(yaml::BOM).unwrap_or(text);
     for (index, document) in split(text).into_iter().enumerate() {
         let number = index + 1;
         if !has_content(document.body) {
@@ -91,7 +113,7 @@ pub fn inject_stream(text: &str, config: &Config) -> Result<Injected, ManifestEr
             output.push_str(document.body);
             continue;
         }
-        let object: Value = serde_yaml_ng::from_str(document.body)
+        let object: Value = yaml::parse(document.body, &MANIFEST_LIMITS)
             .map_err(|source| ManifestError::Parse { document: number, source })?;
         match inject_object(&object, config) {
             Ok(None) => {
@@ -171,7 +193,7 @@ pub(super) fn describe(object: &Value) -> String {
 }
 
 /// One document of a stream: the `---` line that opened it (empty for a first
-/// document without one) and its text.
+/// document without one), with the directives before it (`%YAML 1.2`), and its text.
 #[derive(Debug, PartialEq, Eq)]
 struct Document<'a> {
     separator: &'a str,
@@ -179,22 +201,29 @@ struct Document<'a> {
 }
 
 /// Splits a stream at its `---` lines. A `---` at the start of a line always
-/// opens a document: block scalars are indented, so it cannot be content.
+/// opens a document: block scalars are indented, so it cannot be content. The
+/// directive lines right before a `---` belong to the document it opens.
 fn split(text: &str) -> Vec<Document<'_>> {
     let mut documents = Vec::new();
     let mut separator = "";
     let mut start = 0;
     let mut offset = 0;
+    // Where the directives before the next `---` begin, if only comments and blank lines followed them.
+    let mut directives: Option<usize> = None;
     for line in text.split_inclusive('\n') {
-        let rest = line.strip_prefix("---");
+        // A byte order mark may open each document of a stream.
+        let rest = line.strip_prefix(yaml::BOM).unwrap_or(line).strip_prefix("---");
         if rest.is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace)) {
-            if offset > 0 || !separator.is_empty() {
-                documents.push(Document { separator, body: &text[start..offset] });
-            } else if start < offset {
-                documents.push(Document { separator: "", body: &text[start..offset] });
+            let cut = directives.take().unwrap_or(offset);
+            if cut > 0 || !separator.is_empty() {
+                documents.push(Document { separator, body: &text[start..cut] });
             }
-            separator = line;
+            separator = &text[cut..offset + line.len()];
             start = offset + line.len();
+        } else if line.starts_with('%') {
+            directives.get_or_insert(offset);
+        } else if has_content(line) {
+            directives = None;
         }
         offset += line.len();
     }
@@ -292,5 +321,37 @@ mod tests {
         );
         assert!(lines[1].starts_with("Pod ns/b (document 2): "), "{err}");
         assert!(matches!(inject_stream("a: [", &config()), Err(ManifestError::Parse { document: 1, .. })));
+    }
+
+    const POD: &str = "kind: Pod\nmetadata:\n  name: p\n  annotations:\n    sidemount.io/volumes: '- {name: d, type: zfs, dataset: p/d}'\nspec:\n  containers: [{name: app, image: x}]\n";
+
+    #[test]
+    fn reads_a_byte_order_mark_and_directives() {
+        for text in [
+            format!("\u{feff}{POD}"),
+            format!("\u{feff}---\n{POD}"),
+            format!("%YAML 1.2\n---\n{POD}"),
+            format!("# made by a tool\n%YAML 1.2\n%TAG !k! tag:k8s.io,2024:\n# the pod\n---\n{POD}"),
+            format!("{POD}---\n\u{feff}{POD}"),
+            format!("{POD}...\n%YAML 1.2\n---\n{POD}"),
+        ] {
+            let out = inject_stream(&text, &config()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(out.injected, text.matches("kind: Pod").count(), "{text:?}");
+            assert_eq!(inject_stream(&out.output, &config()).unwrap().output, out.output, "{text:?}");
+        }
+        // A document left alone keeps its directives.
+        let text = "%YAML 1.2\n---\nkind: ConfigMap\n";
+        assert_eq!(inject_stream(text, &config()).unwrap().output, text);
+    }
+
+    #[test]
+    fn refuses_a_document_nested_past_the_limit_before_parsing_it() {
+        let deep = format!("kind: ConfigMap\ndata: {}\n", "[".repeat(50_000));
+        let started = std::time::Instant::now();
+        let err = inject_stream(&deep, &config()).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(err.to_string().contains("more than 128 levels deep"), "{err}");
+        let ok = format!("kind: ConfigMap\ndata: {{a: {}{}}}\n", "[".repeat(100), "]".repeat(100));
+        inject_stream(&ok, &config()).unwrap();
     }
 }

@@ -127,6 +127,10 @@ pub enum InjectError {
     Volumes(Invalid),
     #[error("{VOLUMES_ANNOTATION}: lists no volume: name at least one, or remove the annotation")]
     NoVolumes,
+    #[error("{CONVERT_FLEXVOLUME_ANNOTATION}: \"true\", but the pod has no {} FlexVolume to convert: remove the annotation, or describe the volumes in {VOLUMES_ANNOTATION}", flexvolume::DRIVER)]
+    NoFlexVolume,
+    #[error("{VOLUMES_ANNOTATION}: the spec injected into the sidecar (SIDEMOUNT_VOLUMES) {0}")]
+    InjectedSpec(crate::yaml::YamlError),
     #[error("the pod already has a {what} named {name:?} but no {INJECTED_ANNOTATION} annotation: rename it, sidemount injects its own")]
     NameTaken { what: &'static str, name: String },
     #[error("{field}: must be {expected}")]
@@ -192,9 +196,8 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     let mut served: Vec<RawVolume> =
         requested.into_iter().map(|(_, raw)| raw).chain(converted.into_iter().map(|c| c.raw)).collect();
     if served.is_empty() {
-        return Err(InjectError::NoVolumes);
+        return Err(if volumes_text.is_some() { InjectError::NoVolumes } else { InjectError::NoFlexVolume });
     }
-
     let secret_mounts: Vec<SecretMount> = served
         .iter()
         .filter_map(|raw| {
@@ -214,6 +217,13 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     if let Some(taken) = secret_mounts.iter().find(|m| pod_volumes.iter().any(|v| name_of(v) == Some(&m.pod_volume))) {
         return Err(InjectError::NameTaken { what: "volume", name: taken.pod_volume.clone() });
     }
+    // Each volume serves the user and group of the containers that mount it.
+    let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
+    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
+    // The supervisor reads its spec within the same limits as the annotation; JSON,
+    // the secretDir of each secretName and the owners filled in can make it longer.
+    let specs = sidecar_spec(&served);
+    crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
 
     // The pod's volumes: every served volume is an emptyDir; each Secret is one more volume.
     for raw in &served {
@@ -234,9 +244,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     }
 
-    let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
-    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
-    let sidecar = sidecar(&served, &secret_mounts, mode, resources, config);
+    let sidecar = sidecar(&served, specs, &secret_mounts, mode, resources, config);
     let into = match mode {
         Mode::Native => &mut init_containers,
         Mode::Legacy => &mut containers,
@@ -323,8 +331,8 @@ impl<'a> Annotations<'a> {
 fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Problem>) -> Vec<(usize, RawVolume)> {
     let raws = match parse_annotation(text) {
         Ok(raws) => raws,
-        Err(problem) => {
-            problems.push(problem);
+        Err(Invalid(found)) => {
+            problems.extend(found);
             return Vec::new();
         }
     };
@@ -379,7 +387,7 @@ fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Prob
 /// Bounded: at most 256 texts of up to 4 KiB each (1 MiB of text, and their
 /// parsed volumes beside it); cleared when full.
 static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
-type Parsed = Result<Vec<RawVolume>, Problem>;
+type Parsed = Result<Vec<RawVolume>, Invalid>;
 const PARSED_ENTRIES: usize = 256;
 const PARSED_TEXT_BYTES: usize = 4096;
 
@@ -430,15 +438,9 @@ fn check_unique(requested: &[(usize, RawVolume)], converted: &[flexvolume::Conve
     }
 }
 
-/// The container that mounts the volumes. Its spec goes in `SIDEMOUNT_VOLUMES`
-/// with `secretDir` where the Secret is mounted.
-fn sidecar(
-    served: &[RawVolume],
-    secret_mounts: &[SecretMount],
-    mode: Mode,
-    resources: Option<Value>,
-    config: &Config,
-) -> Value {
+/// The sidecar's spec, for `SIDEMOUNT_VOLUMES`: the served volumes as JSON, with
+/// `secretDir` where each Secret is mounted.
+fn sidecar_spec(served: &[RawVolume]) -> String {
     let specs: Vec<RawVolume> = served
         .iter()
         .cloned()
@@ -449,7 +451,18 @@ fn sidecar(
             raw
         })
         .collect();
-    let specs = serde_json::to_string(&specs).expect("volume specs have string keys only");
+    serde_json::to_string(&specs).expect("volume specs have string keys only")
+}
+
+/// The container that mounts the volumes, with their spec in `SIDEMOUNT_VOLUMES`.
+fn sidecar(
+    served: &[RawVolume],
+    specs: String,
+    secret_mounts: &[SecretMount],
+    mode: Mode,
+    resources: Option<Value>,
+    config: &Config,
+) -> Value {
     let mut mounts: Vec<Value> = served
         .iter()
         .filter_map(|raw| raw.name.as_deref())
@@ -871,6 +884,54 @@ mod tests {
         assert!(crate::spec::check_dns_label(&name).is_ok(), "{name}");
         assert_ne!(secret_volume_name(&format!("{}b", "a".repeat(62))), name);
         assert_eq!(secret_volume_name(&long), name);
+    }
+
+    #[test]
+    fn converting_without_a_flexvolume_names_the_convert_annotation() {
+        let input = pod(json!({ CONVERT_FLEXVOLUME_ANNOTATION: "true" }), json!({ "containers": [app(json!([]))] }));
+        let err = inject(&input, &config()).unwrap_err();
+        assert!(matches!(err, InjectError::NoFlexVolume), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("sidemount.io/convert-flexvolume: \"true\", but the pod has no altalang/ofs FlexVolume"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_injected_spec_must_fit_the_supervisors_limits() {
+        // A secretName becomes a longer secretDir, and JSON quotes every string: an
+        // annotation within the limit can make a SIDEMOUNT_VOLUMES past it.
+        let annotation: String =
+            (0..1000).map(|i| format!("- name: v{i}\n  type: zfs\n  dataset: p/v{i}\n  secretName: s\n")).collect();
+        assert!(annotation.len() < spec::MAX_SPEC_BYTES);
+        let input = pod(json!({ VOLUMES_ANNOTATION: annotation }), json!({ "containers": [] }));
+        let err = inject(&input, &config()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sidemount.io/volumes: the spec injected into the sidecar (SIDEMOUNT_VOLUMES) is")
+                && err.to_string().contains(&format!("above the limit of {} bytes", spec::MAX_SPEC_BYTES)),
+            "{err}"
+        );
+        // What is injected, the supervisor reads.
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [] }));
+        let out = injected(inject(&input, &config()).unwrap());
+        let specs = out["spec"]["initContainers"][0]["env"][0]["value"].as_str().unwrap();
+        spec::load(&[spec::SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: specs.into() }]).unwrap();
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_in_the_annotation_names_its_field() {
+        let bad = "- {name: 123, type: zfs, dataset: p/d, env: {DEBUG: 1}}";
+        let err = inject(&pod(json!({ VOLUMES_ANNOTATION: bad }), json!({ "containers": [] })), &config()).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(String::from).collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines[0]
+                .starts_with("sidemount.io/volumes: volumes[0].name: must be a string, not the number 123: quote it"),
+            "{err}"
+        );
+        assert!(lines[1].starts_with("sidemount.io/volumes: volumes[0].env.DEBUG: must be a string"), "{err}");
     }
 
     #[test]

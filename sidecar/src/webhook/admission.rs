@@ -230,6 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn a_denial_names_the_field_and_the_limit() {
+        let deny = |annotation: &str| {
+            let pod = json!({ "metadata": { "annotations": { "sidemount.io/volumes": annotation } }, "spec": { "containers": [] } });
+            let reviewed = review(&review_of(pod, "Pod", "CREATE"), &config()).unwrap();
+            let r = response(&reviewed);
+            assert_eq!(r["allowed"], false, "{r}");
+            r["status"]["message"].as_str().unwrap().to_string()
+        };
+        let message = deny("- {name: 123, type: zfs, dataset: p/d}");
+        assert!(message.starts_with("sidemount.io/volumes: volumes[0].name: must be a string"), "{message}");
+        let message = deny("volume:\n- {name: d, type: zfs, dataset: p/d}");
+        assert!(message.starts_with("sidemount.io/volumes: volume: unknown field `volume`"), "{message}");
+        // What took minutes to parse is refused before parsing.
+        let started = std::time::Instant::now();
+        let message = deny(&format!("volumes: {}", "[".repeat(254 * 1024)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(message.contains("above the limit of 65536 bytes"), "{message}");
+        let message = deny(&format!("volumes: {}", "[".repeat(60 * 1024)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(message.contains("more than 32 levels deep"), "{message}");
+    }
+
+    #[test]
     fn refuses_what_is_not_an_admission_review() {
         assert!(matches!(review(b"{", &config()), Err(ReviewError::Parse(_))));
         let v1beta1 = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#;

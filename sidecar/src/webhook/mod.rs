@@ -3,7 +3,9 @@
 //! reloaded when its files change and a graceful drain on SIGTERM.
 //!
 //! The decision itself is `admission::review`, a pure function over the
-//! request body; this module only moves bytes and keeps connections honest.
+//! request body; this module only moves bytes and keeps connections honest,
+//! and runs each review on a blocking thread, a few at a time, so that parsing
+//! never holds up the async workers that serve every other connection.
 
 pub mod admission;
 pub mod patch;
@@ -21,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, info_span, warn};
 
 use crate::inject;
@@ -32,6 +34,16 @@ use crate::settings::Settings;
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 /// A client must finish its TLS handshake, its headers, and its body in this time.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a review slot before it is answered 503: the API
+/// server gives up after the webhook's `timeoutSeconds` (5 s in kustomize/webhook).
+pub const REVIEW_WAIT: Duration = Duration::from_secs(5);
+
+/// How many reviews run at once: one a core. Each runs on a blocking thread, not
+/// on the async workers, so a slow one (a large pod, an annotation at the spec
+/// limits) holds up neither the TLS handshakes of other clients nor `/healthz`.
+pub fn review_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// What the webhook needs.
 #[derive(Debug, Clone)]
@@ -90,6 +102,7 @@ pub struct Webhook {
 
 struct State {
     config: inject::Config,
+    reviews: Arc<Semaphore>,
 }
 
 impl Webhook {
@@ -111,7 +124,7 @@ impl Webhook {
             listener,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             resolver,
-            state: Arc::new(State { config: options.inject }),
+            state: Arc::new(State { config: options.inject, reviews: Arc::new(Semaphore::new(review_slots())) }),
             shutdown_timeout: options.shutdown_timeout,
         })
     }
@@ -197,7 +210,7 @@ pub async fn run(options: Options) -> Result<(), WebhookError> {
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::POST, "/mutate") => mutate(req, &state).await,
+        (&Method::POST, "/mutate") => mutate(req, state).await,
         (_, "/healthz" | "/mutate") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET /healthz or POST /mutate\n".into())
         }
@@ -205,7 +218,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
     })
 }
 
-async fn mutate(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn mutate(req: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {
     let body = match tokio::time::timeout(CLIENT_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(err)) => {
@@ -216,7 +229,26 @@ async fn mutate(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
         }
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n".into()),
     };
-    match admission::review(&body, &state.config) {
+    let slot = match tokio::time::timeout(REVIEW_WAIT, state.reviews.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            warn!("no review slot within {REVIEW_WAIT:?}: answering 503");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "too many reviews at once: try again\n".into());
+        }
+    };
+    let reviewed = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        admission::review(&body, &state.config)
+    })
+    .await;
+    let reviewed = match reviewed {
+        Ok(reviewed) => reviewed,
+        Err(err) => {
+            warn!(%err, "the review did not finish");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "the review did not finish\n".into());
+        }
+    };
+    match reviewed {
         Ok(reviewed) => {
             let span = info_span!("admission", uid = %reviewed.uid, pod = %reviewed.object);
             span.in_scope(|| match &reviewed.verdict {
