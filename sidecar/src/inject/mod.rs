@@ -238,6 +238,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
 
     let names: Vec<&str> = served.iter().filter_map(|raw| raw.name.as_deref()).collect();
+    warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
     for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
             receive_propagation(container, &names, &format!("{field}[{i}]"))?;
@@ -518,6 +519,37 @@ fn sidecar(
     Value::Object(container)
 }
 
+/// A subPath inside a FUSE volume is not reached by a repair: the kubelet binds
+/// the subdirectory of the mount there at the container's start, and a new mount
+/// at the volume's root does not cover a bind whose root lies below it (README,
+/// Limits). Say so at admission, where the pod's author reads it.
+fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
+    let fuse: Vec<&str> = served
+        .iter()
+        .filter(|raw| matches!(raw.kind.as_deref(), Some("fuse" | "objectivefs")))
+        .filter_map(|raw| raw.name.as_deref())
+        .collect();
+    let mut warnings = Vec::new();
+    for container in groups.iter().flat_map(|group| group.iter()) {
+        let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        for mount in mounts {
+            let Some(volume) = name_of(mount).filter(|name| fuse.contains(name)) else { continue };
+            let sub = ["subPath", "subPathExpr"]
+                .iter()
+                .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()));
+            let Some(sub) = sub else { continue };
+            let container = name_of(container).unwrap_or("?");
+            let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
+            warnings.push(format!(
+                "container {container} mounts volume {volume} with subPath {sub}: sidemount repairs a FUSE volume by \
+                 mounting over its root, which does not reach a subPath bind; after the daemon restarts, {container} \
+                 reads ENOTCONN at {at} until the pod is recreated. Mount the whole volume and use {sub} inside it instead"
+            ));
+        }
+    }
+    warnings
+}
+
 /// A container that mounts a served volume must receive the mount made under
 /// it: `HostToContainer` (rslave). `Bidirectional` receives it too and is kept.
 fn receive_propagation(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
@@ -650,6 +682,31 @@ mod tests {
     }
 
     const FUSE: &str = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}";
+
+    #[test]
+    fn a_subpath_inside_a_fuse_volume_is_warned_about() {
+        let spec = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}\n\
+                    - {name: disk, type: block, device: /dev/x, fsType: ext4}";
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: spec }),
+            json!({ "containers": [app(json!([
+                { "name": "data", "mountPath": "/data" },
+                { "name": "data", "mountPath": "/logs", "subPath": "logs" },
+                { "name": "data", "mountPath": "/empty", "subPath": "" },
+                { "name": "disk", "mountPath": "/disk", "subPath": "d" },
+            ]))] }),
+        );
+        let Outcome::Injected { warnings, .. } = inject(&input, &config()).unwrap() else { panic!("not injected") };
+        // One warning: the FUSE volume's subPath; not the whole mount, not an empty
+        // subPath, not a kernel volume (a bind of a kernel mount is never dead).
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("container app mounts volume data with subPath logs:")
+                && warnings[0].contains("ENOTCONN at /logs")
+                && warnings[0].contains("Mount the whole volume"),
+            "{warnings:?}"
+        );
+    }
 
     #[test]
     fn native_sidecar_is_the_first_init_container() {
