@@ -195,7 +195,7 @@ fn spec_deleted_truncated_or_garbage_changes_nothing() {
     assert_untouched(&pod, &sup, "data", daemon, "kept\n");
 
     fs::write(pod.config_path(), "volumes:\n- {name: data, type: fu\u{0}\u{7f}").unwrap();
-    wait_config_error(&sup, "cannot parse");
+    wait_config_error(&sup, "not valid YAML");
     std::thread::sleep(GAP);
     assert_untouched(&pod, &sup, "data", daemon, "kept\n");
 
