@@ -995,8 +995,13 @@ mod tests {
     fn parsed_annotations_are_kept_within_bounds() {
         let text = "- {name: cached, type: fuse, command: [bindfs, /src, \"{mountpoint}\"]}";
         let first = parse_annotation(text).unwrap();
-        assert_eq!(parse_annotation(text).unwrap(), first);
         assert_eq!(first, spec::parse_raw(VOLUMES_ANNOTATION, text).unwrap());
+        assert_eq!(PARSED.lock().unwrap().get(text), Some(&Ok(first.clone())), "a parsed text is kept");
+        // A kept text is answered from the cache, not parsed again: plant an answer
+        // that parsing would not give.
+        let planted = "- {name: planted, type: fuse, command: [x]}";
+        PARSED.lock().unwrap().insert(planted.to_owned(), Ok(first.clone()));
+        assert_eq!(parse_annotation(planted).unwrap(), first);
         // An invalid text gives its error again, from the cache too.
         let bad = "volumes: [oops";
         assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
@@ -1005,7 +1010,13 @@ mod tests {
         for i in 0..PARSED_ENTRIES + 10 {
             parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).unwrap();
         }
-        assert!(PARSED.lock().unwrap().len() <= PARSED_ENTRIES);
+        let last = format!("- {{name: v{}, type: fuse, command: [x]}}", PARSED_ENTRIES + 9);
+        let kept = PARSED.lock().unwrap();
+        assert!(kept.len() <= PARSED_ENTRIES && kept.contains_key(&last), "cleared when full, then kept again");
+        drop(kept);
+        let exact = format!("{:<PARSED_TEXT_BYTES$}", "- {name: exact, type: fuse, command: [x]}");
+        parse_annotation(&exact).unwrap();
+        assert!(PARSED.lock().unwrap().contains_key(&exact), "a text of {PARSED_TEXT_BYTES} bytes is kept");
         let long = format!("- {{name: long, type: fuse, command: [x, {:?}]}}", "a".repeat(PARSED_TEXT_BYTES));
         parse_annotation(&long).unwrap();
         assert!(!PARSED.lock().unwrap().contains_key(&long), "a text over {PARSED_TEXT_BYTES} bytes is not kept");
