@@ -728,8 +728,31 @@ mod tests {
         assert_eq!(parent_of("garbage"), None);
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn reaps_orphans_without_stealing_our_children() {
+    /// Being a subreaper lasts as long as the process: this test runs in a child
+    /// test process, so the orphans of the other tests here are not adopted by
+    /// this one.
+    #[test]
+    fn reaps_orphans_without_stealing_our_children() {
+        const IN_CHILD: &str = "SUBREAPER_TEST_CHILD";
+        if std::env::var_os(IN_CHILD).is_some() {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            return runtime.block_on(reaps_orphans_as_subreaper());
+        }
+        let name = concat!(module_path!(), "::reaps_orphans_without_stealing_our_children");
+        let name = name.split_once("::").map_or(name, |(_crate, path)| path);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(IN_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        // A filter that matched nothing would pass too: the child ran exactly this test.
+        assert!(stdout.contains("1 passed"), "{stdout}{stderr}");
+    }
+
+    async fn reaps_orphans_as_subreaper() {
         crate::sys::become_subreaper().unwrap();
         let children = Children::new();
         // The shell forks a grandchild and exits: the grandchild becomes our orphan.
