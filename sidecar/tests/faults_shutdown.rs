@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use support::disk::Loop;
 use support::spec::{bindfs, spec, FuseVolume};
-use support::{find_on_path, mnt_ns, pid_alive, pids_in_namespaces, poll_until, require_tool, signal, wait_for};
+use support::{mnt_ns, pid_alive, pids_in_namespaces, poll_until, require_tool, signal, wait_for};
 use support::{Ns, Pod, Supervisor};
 
 const READY: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ impl Gates {
         let bin = dir.join("bin");
         fs::create_dir_all(&bin).unwrap();
         for (tool, hold) in tools {
-            let real = find_on_path(tool).unwrap_or_else(|| panic!("{tool} is not on PATH"));
+            let real = which::which(tool).unwrap_or_else(|e| panic!("{tool} is not on PATH: {e}"));
             let (g, real) = (dir.display(), real.display());
             let wait = format!("echo $$ >> '{g}/{tool}.held'\nwhile [ ! -e '{g}/{tool}.open' ]; do sleep 0.05; done\n");
             let body = match hold {

@@ -31,7 +31,6 @@ pub mod supervisor;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,14 +70,7 @@ pub fn require_privileges() {
 
 /// Path of `name` on PATH; panics with the install hint.
 pub fn require_tool(name: &str, package: &str) -> PathBuf {
-    find_on_path(name).unwrap_or_else(|| panic!("`{name}` is not on PATH: install it (apt-get install {package})"))
-}
-
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    which::which(name).unwrap_or_else(|_| panic!("`{name}` is not on PATH: install it (apt-get install {package})"))
 }
 
 // ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_on_path, free_port, http, POLL};
+use super::{free_port, http, POLL};
 
 pub struct Moto {
     child: Child,
@@ -42,7 +42,7 @@ elif op == "keys":
 
 /// Where `moto_server` is: PATH first, then `<repo>/.venv/bin`.
 pub fn moto_server_path() -> PathBuf {
-    if let Some(p) = find_on_path("moto_server") {
+    if let Ok(p) = which::which("moto_server") {
         return p;
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
