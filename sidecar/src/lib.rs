@@ -2,6 +2,7 @@
 //! privileged sidecar, with nothing installed on the node.
 
 pub mod daemon;
+pub mod exit;
 pub mod http;
 pub mod inject;
 pub mod logging;

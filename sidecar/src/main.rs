@@ -8,18 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sidemount::inject::krm;
-use sidemount::inject::manifest::{self, ManifestError};
 use sidemount::settings::{Mode, Settings};
-use sidemount::{http, inject, logging, spec, supervisor, sys, webhook};
-
-/// Exit code for invalid specs (EX_USAGE).
-const EXIT_INVALID: u8 = 64;
-/// Exit code for an environment that cannot work (EX_CONFIG).
-const EXIT_ENVIRONMENT: u8 = 78;
-/// Exit code for an input file that cannot be read (EX_NOINPUT).
-const EXIT_NO_INPUT: u8 = 66;
-/// Exit code for output that cannot be written (EX_IOERR).
-const EXIT_IO: u8 = 74;
+use sidemount::{exit, http, inject, logging, spec, supervisor, sys, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +105,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("sidemount: {err}");
-            return ExitCode::from(EXIT_ENVIRONMENT);
+            return ExitCode::from(exit::ENVIRONMENT);
         }
     };
     for warning in &settings.warnings {
@@ -129,33 +119,19 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(why) => {
                     eprintln!("sidemount probe: {why}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::FAILURE)
                 }
             }
         }
         Command::Check { files } => check(&files),
         Command::Webhook => serve_webhook(settings),
         Command::Inject { files, image, mode, function_config } => {
-            // Settings, then the function config, then the flags: the most explicit wins.
-            let mut base = inject::Config::from_settings(&settings);
-            if let Some(path) = function_config {
-                let text = match std::fs::read_to_string(&path) {
-                    Ok(text) => text,
-                    Err(err) => {
-                        eprintln!("sidemount inject: cannot read {}: {err}", path.display());
-                        return ExitCode::from(EXIT_NO_INPUT);
-                    }
-                };
-                match krm::parse_function_config(&text) {
-                    Ok(overrides) => overrides.apply(&mut base),
-                    Err(err) => {
-                        eprintln!("sidemount inject: {}: {err}", path.display());
-                        return ExitCode::from(EXIT_INVALID);
-                    }
-                }
-            }
             let flags = krm::Overrides { image, mode, shutdown_timeout: None };
-            inject_files(&files, &base, &flags)
+            let base = inject::Config::from_settings(&settings);
+            match inject::stream::run(&files, base, function_config.as_deref(), &flags) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => ExitCode::from(failure.exit_code()),
+            }
         }
     }
 }
@@ -166,7 +142,7 @@ fn serve_webhook(settings: Settings) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("sidemount: cannot start the runtime: {err}");
-            return ExitCode::from(EXIT_ENVIRONMENT);
+            return ExitCode::from(exit::ENVIRONMENT);
         }
     };
     match runtime.block_on(webhook::run(webhook::Options::from_settings(&settings))) {
@@ -179,84 +155,6 @@ fn serve_webhook(settings: Settings) -> ExitCode {
     }
 }
 
-fn inject_files(files: &[PathBuf], base: &inject::Config, flags: &krm::Overrides) -> ExitCode {
-    use std::io::{Read, Write};
-    let stdin = [PathBuf::from("-")];
-    let files = if files.is_empty() { &stdin[..] } else { files };
-    let mut config = base.clone();
-    flags.apply(&mut config);
-    let mut output = String::new();
-    let mut failed = false;
-    for file in files {
-        let mut bytes = Vec::new();
-        let read = if file.as_os_str() == "-" {
-            std::io::stdin().read_to_end(&mut bytes).map(|_| ())
-        } else {
-            std::fs::read(file).map(|b| bytes = b)
-        };
-        if let Err(err) = read {
-            eprintln!("sidemount inject: cannot read {}: {err}", file.display());
-            return ExitCode::from(EXIT_NO_INPUT);
-        }
-        let origin = if file.as_os_str() == "-" { "stdin".to_string() } else { file.display().to_string() };
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(err) => {
-                let offset = err.utf8_error().valid_up_to();
-                eprintln!("sidemount inject: {origin}: not UTF-8 text: the byte at offset {offset} is not UTF-8; save it as UTF-8");
-                return ExitCode::from(EXIT_INVALID);
-            }
-        };
-        // A KRM function's input: the list goes back with its results, even when it failed.
-        if let Some(list) = krm::resource_list(&text) {
-            match krm::process(list, base, flags) {
-                Ok(processed) => {
-                    processed.warnings.iter().for_each(|w| eprintln!("sidemount inject: warning: {w}"));
-                    processed.errors.iter().for_each(|e| eprintln!("sidemount inject: {origin}: {e}"));
-                    failed |= !processed.errors.is_empty();
-                    if !output.is_empty() {
-                        output.push_str("---\n");
-                    }
-                    output.push_str(&processed.output);
-                }
-                Err(err) => {
-                    eprintln!("sidemount inject: {origin}: cannot write the ResourceList as YAML: {err}");
-                    return ExitCode::from(EXIT_IO);
-                }
-            }
-            continue;
-        }
-        match manifest::inject_stream(&text, &config) {
-            Ok(injected) => {
-                injected.warnings.iter().for_each(|w| eprintln!("sidemount inject: warning: {w}"));
-                if !output.is_empty() && !injected.output.is_empty() {
-                    if !output.ends_with('\n') {
-                        output.push('\n');
-                    }
-                    output.push_str("---\n");
-                }
-                output.push_str(&injected.output);
-            }
-            Err(err) => {
-                err.to_string().lines().for_each(|line| eprintln!("sidemount inject: {origin}: {line}"));
-                return ExitCode::from(match err {
-                    ManifestError::Write { .. } => EXIT_IO,
-                    ManifestError::Parse { .. } | ManifestError::Invalid(_) => EXIT_INVALID,
-                });
-            }
-        }
-    }
-    let mut stdout = std::io::stdout().lock();
-    if let Err(err) = stdout.write_all(output.as_bytes()).and_then(|()| stdout.flush()) {
-        eprintln!("sidemount inject: cannot write the output: {err}");
-        return ExitCode::from(EXIT_IO);
-    }
-    if failed {
-        return ExitCode::from(EXIT_INVALID);
-    }
-    ExitCode::SUCCESS
-}
-
 fn run(settings: Settings) -> ExitCode {
     logging::init(&settings.log, settings.log_format);
     // One thread: the work is waiting on events; filesystem calls that may
@@ -265,7 +163,7 @@ fn run(settings: Settings) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("sidemount: cannot start the runtime: {err}");
-            return ExitCode::from(EXIT_ENVIRONMENT);
+            return ExitCode::from(exit::ENVIRONMENT);
         }
     };
     let result = runtime.block_on(supervisor::run(settings, Arc::new(sys::Kernel)));
@@ -283,27 +181,14 @@ fn run(settings: Settings) -> ExitCode {
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
-    let mut sources = Vec::new();
-    let mut problems = Vec::new();
-    for file in files {
-        match spec::read_file(file) {
-            Ok(source) => sources.push(source),
-            Err(problem) => problems.push(problem.to_string()),
-        }
-    }
-    match spec::load(&sources) {
-        Ok(volumes) if problems.is_empty() => {
-            println!("{} volume(s), all valid", volumes.len());
+    match spec::check(files) {
+        Ok(volumes) => {
+            println!("{volumes} volume(s), all valid");
             ExitCode::SUCCESS
         }
-        Ok(_) => {
+        Err(problems) => {
             problems.iter().for_each(|p| println!("{p}"));
-            ExitCode::from(EXIT_INVALID)
-        }
-        Err(invalid) => {
-            problems.iter().for_each(|p| println!("{p}"));
-            invalid.0.iter().for_each(|p| println!("{p}"));
-            ExitCode::from(EXIT_INVALID)
+            ExitCode::from(exit::INVALID)
         }
     }
 }

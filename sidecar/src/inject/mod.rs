@@ -12,6 +12,7 @@ pub mod krm;
 pub mod manifest;
 pub mod owner;
 pub mod resources;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

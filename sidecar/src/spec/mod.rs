@@ -9,9 +9,11 @@
 //!
 //! `raw` parses text into [`RawVolume`]s, `validate` checks what every volume
 //! shares and `types` holds one row and one validator per `type`; `names` are
-//! the Kubernetes and zfs naming rules, `read` finds and reads the spec files.
+//! the Kubernetes and zfs naming rules, `read` finds and reads the spec files,
+//! `check` is `sidemount check`.
 //! This file holds the values they pass and [`load`], which joins them.
 
+mod check;
 mod names;
 mod raw;
 mod read;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use check::check;
 pub use names::{check_dns_label, check_dns_subdomain};
 pub use raw::{parse_raw, FIELDS, MAX_SPEC_BRACKETS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES, SPEC_LIMITS};
 pub use read::{read_file, read_sources, Reading};
