@@ -2,8 +2,7 @@
 //! `tests/fixtures/admission/`, reviewed without sockets. Each returned JSON
 //! Patch is applied by an independent implementation (python-jsonpatch), must
 //! give exactly what `sidemount inject` writes for the same pod, and must pass
-//! `kubernetes-validate --strict` for Kubernetes 1.29 (the first with native
-//! sidecars on by default) and 1.33.
+//! `kubernetes-validate --strict` for each of `common::KUBERNETES_VERSIONS`.
 //!
 //! The Python tools come from `tests/requirements.txt`, installed into
 //! `<repo>/.venv` by `tests/setup.sh`; without them these tests fail, saying so.
@@ -18,8 +17,11 @@ use sidemount::settings::Mode;
 use sidemount::spec::{self, Source, SpecText};
 use sidemount::webhook::admission::{self, Verdict};
 
+mod common;
+
+use common::{venv_bin, KUBERNETES_VERSIONS};
+
 const IMAGE: &str = "registry.example.org/platform/sidemount:test";
-const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.33.0"];
 
 fn config() -> Config {
     Config { image: IMAGE.into(), mode: Mode::Native, shutdown_timeout: Duration::from_secs(20) }
@@ -27,10 +29,6 @@ fn config() -> Config {
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission").join(format!("{name}.json"))
-}
-
-fn venv_bin(tool: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin").join(tool)
 }
 
 /// The venv's python if it has jsonpatch and PyYAML, else `python3` on PATH if it has.
@@ -47,21 +45,6 @@ fn python() -> PathBuf {
          or `python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt` in the repo root",
         candidates[0].display()
     );
-}
-
-fn kubernetes_validate() -> PathBuf {
-    let venv = venv_bin("kubernetes-validate");
-    if venv.exists() {
-        return venv;
-    }
-    let on_path = Command::new("kubernetes-validate").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(
-        on_path,
-        "kubernetes-validate is neither at {} nor on PATH: run `bash tests/setup.sh` as root, \
-         or `.venv/bin/pip install -r tests/requirements.txt` in the repo root",
-        venv.display()
-    );
-    PathBuf::from("kubernetes-validate")
 }
 
 fn run(command: &mut Command) -> Output {
@@ -124,7 +107,7 @@ fn check(name: &str) -> Checked {
         "{name}: the webhook's patch, applied by python-jsonpatch, is not `sidemount inject`'s output:\n{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let validate = kubernetes_validate();
+    let validate = common::tool("kubernetes-validate");
     for version in KUBERNETES_VERSIONS {
         let valid = run(Command::new(&validate).args(["--strict", "--quiet", "-k", version]).arg(&patched_file));
         assert!(

@@ -1,13 +1,13 @@
 //! A local S3 server (moto's `moto_server`) for s3fs volumes, and a boto3 client that
 //! reads what really landed in the bucket.
 //!
-//! `moto_server` is looked up on PATH, then in `<repo>/.venv/bin` (CI creates that venv:
-//! `python3 -m venv .venv && .venv/bin/pip install 'moto[server]' boto3`). Absent, the
-//! test fails and says how to install it.
+//! `moto_server` is looked up in `<repo>/.venv/bin`, then on PATH (`tests/setup.sh`
+//! creates that venv from `tests/requirements.txt`). Absent, the test fails and says
+//! how to install it.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,20 +40,9 @@ elif op == "keys":
         print(o["Key"])
 "#;
 
-/// Where `moto_server` is: PATH first, then `<repo>/.venv/bin`.
+/// Where `moto_server` is: `<repo>/.venv/bin`, else PATH.
 pub fn moto_server_path() -> PathBuf {
-    if let Ok(p) = which::which("moto_server") {
-        return p;
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
-    }
-    panic!(
-        "moto_server not found on PATH nor at {}: create the venv with \
-         `python3 -m venv .venv && .venv/bin/pip install 'moto[server]' boto3` in the repo root",
-        venv.display()
-    );
+    super::common::tool("moto_server")
 }
 
 impl Moto {
