@@ -184,3 +184,40 @@ fn block(raw: &RawVolume, _env: &BTreeMap<String, String>, problems: &mut Proble
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{parse_raw, FIELDS};
+
+    /// Each row's own fields are fields of a volume, belong to that row only, and
+    /// its presence check sees exactly that field.
+    #[test]
+    fn the_table_names_each_field_once_and_sees_it() {
+        let samples = [
+            ("command", "[x]"),
+            ("filesystem", "s3://b"),
+            ("dataset", "p/a"),
+            ("create", "{a: b}"),
+            ("device", "/dev/x"),
+            ("fsType", "ext4"),
+            ("format", "true"),
+        ];
+        let mut seen = Vec::new();
+        for row in TYPES {
+            for (field, _) in row.fields {
+                assert!(FIELDS.contains(field), "{}: {field} is not in FIELDS", row.name);
+                assert!(!seen.contains(field), "{field} belongs to two types");
+                seen.push(*field);
+                let sample = samples.iter().find(|(f, _)| f == field).map(|(_, s)| *s);
+                let sample = sample.unwrap_or_else(|| panic!("give {field} a sample value here"));
+                let raw = parse_raw("t", &format!("- {{{field}: {sample}}}")).unwrap().remove(0);
+                for other in TYPES {
+                    for (other_field, given) in other.fields {
+                        assert_eq!(given(&raw), other_field == field, "{field} given: {other_field} sees it");
+                    }
+                }
+            }
+        }
+    }
+}
