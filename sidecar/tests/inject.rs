@@ -235,7 +235,7 @@ spec:
 "#;
     let output = ok(&inject(&[], &[], input.as_bytes()));
     let pod = &documents(&output)[0];
-    assert_eq!(pod["spec"]["volumes"][0], json!({ "name": "sidemount", "emptyDir": {} }));
+    assert_eq!(pod["spec"]["volumes"][0], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
     assert_eq!(
         pod["spec"]["containers"][0]["volumeMounts"][0],
         json!({ "name": "sidemount", "mountPath": "/data", "subPath": "test", "mountPropagation": "HostToContainer" })

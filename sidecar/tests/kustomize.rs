@@ -885,7 +885,7 @@ fn check_plain_sidecar(object: &Value) {
     let spec_mount = named(&sidecar["volumeMounts"], "sidemount-spec").unwrap();
     assert_eq!(spec_mount["mountPath"], config["value"], "{what}");
     let volumes = &spec["volumes"];
-    assert_eq!(named(volumes, "sidemount").unwrap()["emptyDir"], json!({}), "{what}");
+    assert_eq!(named(volumes, "sidemount").unwrap()["emptyDir"], json!({ "medium": "Memory" }), "{what}");
     let items = &named(volumes, "sidemount-spec").unwrap()["downwardAPI"]["items"];
     assert_eq!(
         items,

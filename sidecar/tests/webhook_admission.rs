@@ -225,7 +225,7 @@ fn plain_pod_gets_a_native_sidecar() {
     let volumes = &pod["spec"]["volumes"];
     // The pod's placeholder emptyDir `cache` gives way to the root volume.
     assert_eq!(names(volumes), ["kube-api-access-x7k2p", "sidemount", "sidemount-secret-data"]);
-    assert_eq!(volumes[1], json!({ "name": "sidemount", "emptyDir": {} }));
+    assert_eq!(volumes[1], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
     assert_eq!(volumes[2]["secret"]["secretName"], "ofs-secret");
 
     let specs = sidecar_volumes(sidecar);
@@ -304,7 +304,7 @@ fn legacy_mode_puts_the_sidecar_in_containers_and_raises_the_grace_period() {
     assert!(sidecar.get("restartPolicy").is_none());
     assert_eq!(mount(sidecar, "sidemount")["mountPropagation"], "Bidirectional");
     // The volume was not in the pod: the root volume is added.
-    assert_eq!(pod["spec"]["volumes"][1], json!({ "name": "sidemount", "emptyDir": {} }));
+    assert_eq!(pod["spec"]["volumes"][1], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
     assert_eq!(pod["metadata"]["annotations"][inject::ORIGINAL_GRACE_ANNOTATION], "5");
 }

@@ -54,7 +54,8 @@ pub const ISTIO_PROXY: &str = "istio-proxy";
 /// Where the sidecar mounts the root volume, each volume in a directory of it
 /// (the supervisor's default `SIDEMOUNT_ROOT`).
 pub const MOUNT_ROOT: &str = "/sidemount";
-/// The pod volume (an emptyDir) whose directory `X` is volume `X`.
+/// The pod volume whose directory `X` is volume `X`: an emptyDir of medium
+/// `Memory` (see [`root_volume`]).
 pub const ROOT_VOLUME: &str = "sidemount";
 /// Where the Secret of volume `X` is mounted: `/etc/sidemount/secrets/X`, its `secretDir`.
 pub const SECRETS_ROOT: &str = "/etc/sidemount/secrets";
@@ -247,7 +248,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     // gives way to the one root volume (every mount of it becomes a directory of
     // the root below); each Secret is one more volume.
     pod_volumes.retain(|v| !name_of(v).is_some_and(|name| names.contains(&name)));
-    pod_volumes.push(json!({ "name": ROOT_VOLUME, "emptyDir": {} }));
+    pod_volumes.push(root_volume());
     for mount in &secret_mounts {
         let secret = json!({ "secretName": mount.secret, "defaultMode": SECRET_FILE_MODE });
         pod_volumes.push(json!({ "name": mount.pod_volume, "secret": secret }));
@@ -293,6 +294,17 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
     annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into()));
     Ok(Outcome::Injected { pod, warnings })
+}
+
+/// The root volume: an emptyDir of medium `Memory`, a tmpfs of the kubelet's. Its
+/// own files are only the volumes' empty mountpoints. The medium is what keeps a
+/// filesystem left mounted under it out of the kubelet's reach: a tmpfs emptyDir is
+/// torn down by unmounting it first (`pkg/volume/emptydir`,
+/// `teardownTmpfsOrHugetlbfs`), which fails while anything is still mounted below,
+/// so the recursive delete that follows never runs; a disk emptyDir goes straight
+/// to that delete, which empties whatever is still mounted in it.
+pub fn root_volume() -> Value {
+    json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } })
 }
 
 /// A volume's Secret, mounted into the sidecar as its `secretDir`.
@@ -766,7 +778,7 @@ mod tests {
             out["spec"]["containers"][0]["volumeMounts"],
             json!([{ "name": "sidemount", "mountPath": "/data", "subPath": "data", "mountPropagation": "HostToContainer" }])
         );
-        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": {} }]));
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": { "medium": "Memory" } }]));
         assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], VERSION);
         let env = &init[0]["env"];
         assert_eq!(env[1], json!({ "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": "20s" }));
@@ -864,7 +876,7 @@ mod tests {
                     "spec": { "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex.clone()] } })
         };
         let out = injected(inject(&with(json!({ INJECT_LABEL: "true" }), json!({})), &config()).unwrap());
-        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": {} }]));
+        assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
         assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["subPath"], "v");
         // Without the label nothing asks for sidemount; "false" still says no.
         assert_eq!(inject(&with(json!({}), json!({})), &config()).unwrap(), Outcome::NotRequested);
@@ -952,10 +964,7 @@ mod tests {
         );
         let out = injected(inject(&input, &config()).unwrap());
         // The placeholder emptyDir is gone: nothing mounts it any more.
-        assert_eq!(
-            out["spec"]["volumes"],
-            json!([{ "name": "other", "emptyDir": {} }, { "name": "sidemount", "emptyDir": {} }])
-        );
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "other", "emptyDir": {} }, root_volume()]));
         assert_eq!(
             out["spec"]["containers"][0]["volumeMounts"],
             json!([
@@ -995,7 +1004,7 @@ mod tests {
                     "volumes": [{ "name": "sidemount", "emptyDir": {} }] }),
         );
         let out = injected(inject(&input, &config()).unwrap());
-        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": {} }]));
+        assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
         assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["subPath"], "sidemount");
     }
 
