@@ -3,18 +3,19 @@
 //!
 //! It is a pure function over the pod's JSON: the volumes named in the
 //! `sidemount.io/volumes` annotation (and, on request, the ObjectiveFS
-//! FlexVolumes) become directories of one emptyDir, `sidemount`, that a
-//! privileged sidecar mounts at `/sidemount` with `Bidirectional` propagation,
-//! mounting volume `X` on `/sidemount/X`; every other container that mounted `X`
-//! gets that directory instead (`subPath: X` of `sidemount`, at the same
-//! `mountPath`) with `HostToContainer`, so the mount the sidecar makes reaches it.
+//! FlexVolumes) become directories of one emptyDir, `sidemount` (a tmpfs, see
+//! [`root_volume`]), that a privileged sidecar mounts at `/sidemount` with
+//! `Bidirectional` propagation, mounting volume `X` on `/sidemount/X`; every
+//! other container that mounted `X` gets that directory instead (`subPath: X` of
+//! `sidemount`, at the same `mountPath`) with `HostToContainer`, so the mount the
+//! sidecar makes reaches it.
 //!
 //! One volume for all, rather than an emptyDir per volume, is what makes a
-//! restarted sidecar safe: its bind source is a plain directory, never a mount
-//! the dead instance left (a dead FUSE mount there fails the runtime's `stat`),
-//! and the runtime's recursive bind copies the mounts left under it as peers of
-//! the node's, so the new supervisor's clearing of a leftover kernel mount
-//! reaches the node before the kubelet's recursive delete could.
+//! restarted sidecar safe: its bind source is the root volume itself, never a
+//! mount the dead instance left (a dead FUSE mount there fails the runtime's
+//! `stat`), and the runtime's recursive bind copies the mounts left under it as
+//! peers of the node's, so the new supervisor's clearing of a leftover kernel
+//! mount takes it off the node.
 
 pub mod flexvolume;
 pub mod krm;
