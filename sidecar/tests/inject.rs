@@ -84,14 +84,18 @@ fn injects_every_kind_that_holds_a_pod_and_passes_the_rest_through() {
         assert_eq!(sidecar.get("restartPolicy").is_some(), !legacy, "{what}");
         let app = &template["spec"]["containers"][if legacy { 1 } else { 0 }];
         assert_eq!(app["volumeMounts"][0]["mountPropagation"], "HostToContainer", "{what}");
+        assert_eq!(app["volumeMounts"][0]["name"], "sidemount", "{what}");
+        assert_eq!(sidecar["volumeMounts"][0]["mountPath"], "/sidemount", "{what}");
     }
     // The StatefulSet's 10 s grace period is raised and recorded; its memory limit is taken.
     let db = pod_template(&objects[2]);
     assert_eq!(db["spec"]["terminationGracePeriodSeconds"], 30);
     assert_eq!(db["metadata"]["annotations"]["sidemount.io/original-termination-grace-period"], "10");
     assert_eq!(db["spec"]["initContainers"][0]["resources"]["limits"], json!({ "memory": "512Mi" }));
-    // The DaemonSet's own emptyDir is kept, not doubled.
-    assert_eq!(names(&pod_template(&objects[3])["spec"]["volumes"]), ["disk"]);
+    // The DaemonSet's own emptyDir gives way to the root volume; the app mounts its directory.
+    let agent = pod_template(&objects[3]);
+    assert_eq!(names(&agent["spec"]["volumes"]), ["sidemount"]);
+    assert_eq!(agent["spec"]["containers"][1]["volumeMounts"][0]["subPath"], "disk");
 
     // Untouched documents come out as written, comments and flow style included.
     let untouched = &input[input.find("# Not asked for").unwrap()..];
@@ -231,7 +235,11 @@ spec:
 "#;
     let output = ok(&inject(&[], &[], input.as_bytes()));
     let pod = &documents(&output)[0];
-    assert_eq!(pod["spec"]["volumes"][0], json!({ "name": "test", "emptyDir": {} }));
+    assert_eq!(pod["spec"]["volumes"][0], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0],
+        json!({ "name": "sidemount", "mountPath": "/data", "subPath": "test", "mountPropagation": "HostToContainer" })
+    );
     let sidecar = &pod["spec"]["initContainers"][0];
     let specs: Value = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
     assert_eq!(

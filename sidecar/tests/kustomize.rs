@@ -885,7 +885,7 @@ fn check_plain_sidecar(object: &Value) {
     let spec_mount = named(&sidecar["volumeMounts"], "sidemount-spec").unwrap();
     assert_eq!(spec_mount["mountPath"], config["value"], "{what}");
     let volumes = &spec["volumes"];
-    assert_eq!(named(volumes, "sidemount").unwrap()["emptyDir"], json!({}), "{what}");
+    assert_eq!(named(volumes, "sidemount").unwrap()["emptyDir"], json!({ "medium": "Memory" }), "{what}");
     let items = &named(volumes, "sidemount-spec").unwrap()["downwardAPI"]["items"];
     assert_eq!(
         items,
@@ -958,6 +958,9 @@ fn the_plain_sidecar_is_the_injected_one_but_for_how_it_gets_its_spec() {
     let injected = documents(&ok(sidemount_inject(&[], &serde_yaml_ng::to_string(deployment).unwrap()), "inject"));
     let mut expected = pod_spec(&injected[0])["initContainers"][0].clone();
     let mut actual = pod_spec(plain)["initContainers"][0].clone();
+    // One layout: the root volume, at the same place with the same propagation.
+    assert_eq!(expected["volumeMounts"][0], actual["volumeMounts"][0], "the root volume's mount differs");
+    assert_eq!(named(&pod_spec(&injected[0])["volumes"], "sidemount"), named(&pod_spec(plain)["volumes"], "sidemount"));
     for sidecar in [&mut expected, &mut actual] {
         let sidecar = sidecar.as_object_mut().unwrap();
         sidecar.remove("volumeMounts");

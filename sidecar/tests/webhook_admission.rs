@@ -148,6 +148,14 @@ fn mount<'a>(container: &'a Value, volume: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no mount of {volume}"))
 }
 
+/// A container's mount of the served volume `volume`: the root volume's directory of that name.
+fn served<'a>(container: &'a Value, volume: &str) -> &'a Value {
+    container["volumeMounts"]
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["name"] == inject::ROOT_VOLUME && m["subPath"] == volume))
+        .unwrap_or_else(|| panic!("no mount of the root volume's {volume}"))
+}
+
 fn env<'a>(container: &'a Value, name: &str) -> &'a str {
     container["env"]
         .as_array()
@@ -183,25 +191,25 @@ fn plain_pod_gets_a_native_sidecar() {
         json!({ "requests": { "cpu": "50m", "memory": "32Mi" }, "limits": { "memory": "1Gi" } })
     );
     assert_eq!(env(sidecar, "SIDEMOUNT_SHUTDOWN_TIMEOUT"), "20s");
-    for volume in ["data", "cache"] {
-        let m = mount(sidecar, volume);
-        assert_eq!(m["mountPath"], format!("/sidemount/{volume}"));
-        assert_eq!(m["mountPropagation"], "Bidirectional");
-    }
+    // One mount of the root volume serves both volumes.
+    assert_eq!(mount(sidecar, "sidemount")["mountPath"], "/sidemount");
+    assert_eq!(mount(sidecar, "sidemount")["mountPropagation"], "Bidirectional");
+    assert_eq!(names(&sidecar["volumeMounts"]), ["sidemount", "sidemount-secret-data"]);
     let secret = mount(sidecar, "sidemount-secret-data");
     assert_eq!(secret["mountPath"], "/etc/sidemount/secrets/data");
     assert_eq!(secret["readOnly"], true);
 
     let app = container(&pod, "containers", "app");
-    assert_eq!(mount(app, "data")["mountPropagation"], "HostToContainer");
-    assert_eq!(mount(app, "data")["readOnly"], true);
-    assert_eq!(mount(app, "cache")["mountPropagation"], "HostToContainer");
+    assert_eq!(served(app, "data")["mountPropagation"], "HostToContainer");
+    assert_eq!(served(app, "data")["readOnly"], true);
+    assert_eq!(served(app, "cache")["mountPropagation"], "HostToContainer");
     assert!(mount(app, "kube-api-access-x7k2p").get("mountPropagation").is_none());
 
     let volumes = &pod["spec"]["volumes"];
-    assert_eq!(names(volumes), ["cache", "kube-api-access-x7k2p", "data", "sidemount-secret-data"]);
-    assert_eq!(volumes[2], json!({ "name": "data", "emptyDir": {} }));
-    assert_eq!(volumes[3]["secret"]["secretName"], "ofs-secret");
+    // The pod's placeholder emptyDir `cache` gives way to the root volume.
+    assert_eq!(names(volumes), ["kube-api-access-x7k2p", "sidemount", "sidemount-secret-data"]);
+    assert_eq!(volumes[1], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
+    assert_eq!(volumes[2]["secret"]["secretName"], "ofs-secret");
 
     let specs = sidecar_volumes(sidecar);
     assert_eq!(specs.len(), 2);
@@ -218,10 +226,10 @@ fn plain_pod_gets_a_native_sidecar() {
 fn workload_template_pod_propagates_to_init_containers_too() {
     let pod = injected("workload-template");
     assert_eq!(names(&pod["spec"]["initContainers"]), ["sidemount", "migrate"]);
-    assert_eq!(mount(container(&pod, "initContainers", "migrate"), "data")["mountPropagation"], "HostToContainer");
-    assert_eq!(mount(container(&pod, "containers", "app"), "data")["mountPropagation"], "HostToContainer");
-    // The pod's own emptyDir is kept, not doubled.
-    assert_eq!(names(&pod["spec"]["volumes"]), ["data", "kube-api-access-x7k2p", "sidemount-secret-data"]);
+    assert_eq!(served(container(&pod, "initContainers", "migrate"), "data")["mountPropagation"], "HostToContainer");
+    assert_eq!(served(container(&pod, "containers", "app"), "data")["mountPropagation"], "HostToContainer");
+    // The pod's own emptyDir gives way to the root volume.
+    assert_eq!(names(&pod["spec"]["volumes"]), ["kube-api-access-x7k2p", "sidemount", "sidemount-secret-data"]);
     assert_eq!(pod["metadata"]["generateName"], "api-5f7c9d6b8-");
 }
 
@@ -277,9 +285,9 @@ fn legacy_mode_puts_the_sidecar_in_containers_and_raises_the_grace_period() {
     assert!(pod["spec"].get("initContainers").is_none());
     let sidecar = container(&pod, "containers", "sidemount");
     assert!(sidecar.get("restartPolicy").is_none());
-    assert_eq!(mount(sidecar, "cache")["mountPropagation"], "Bidirectional");
-    // The volume was not in the pod: an emptyDir is added.
-    assert_eq!(pod["spec"]["volumes"][1], json!({ "name": "cache", "emptyDir": {} }));
+    assert_eq!(mount(sidecar, "sidemount")["mountPropagation"], "Bidirectional");
+    // The volume was not in the pod: the root volume is added.
+    assert_eq!(pod["spec"]["volumes"][1], json!({ "name": "sidemount", "emptyDir": { "medium": "Memory" } }));
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
     assert_eq!(pod["metadata"]["annotations"][inject::ORIGINAL_GRACE_ANNOTATION], "5");
 }
@@ -287,7 +295,7 @@ fn legacy_mode_puts_the_sidecar_in_containers_and_raises_the_grace_period() {
 #[test]
 fn objectivefs_flexvolume_becomes_a_sidemount_volume() {
     let pod = injected("flexvolume");
-    assert_eq!(pod["spec"]["volumes"][0], json!({ "name": "test", "emptyDir": {} }));
+    assert_eq!(names(&pod["spec"]["volumes"]), ["kube-api-access-x7k2p", "sidemount", "sidemount-secret-test"]);
     assert_eq!(
         pod["spec"]["volumes"][2],
         json!({ "name": "sidemount-secret-test", "secret": { "secretName": "ofs-secret", "defaultMode": 256 } })
@@ -299,7 +307,7 @@ fn objectivefs_flexvolume_becomes_a_sidemount_volume() {
     assert_eq!(specs[0].source, Source::ObjectiveFs { filesystem: "s3://my-bucket".into() });
     assert_eq!(specs[0].options, ["mt", "noatime"]);
     assert_eq!(specs[0].secret_dir.as_deref(), Some(Path::new("/etc/sidemount/secrets/test")));
-    assert_eq!(mount(container(&pod, "containers", "app"), "test")["mountPropagation"], "HostToContainer");
+    assert_eq!(served(container(&pod, "containers", "app"), "test")["mountPropagation"], "HostToContainer");
 }
 
 #[test]

@@ -3,9 +3,19 @@
 //!
 //! It is a pure function over the pod's JSON: the volumes named in the
 //! `sidemount.io/volumes` annotation (and, on request, the ObjectiveFS
-//! FlexVolumes) become emptyDirs that a privileged sidecar mounts onto with
-//! `Bidirectional` propagation; every other container that mounts them gets
-//! `HostToContainer`, so the mount the sidecar makes reaches it.
+//! FlexVolumes) become directories of one emptyDir, `sidemount` (a tmpfs, see
+//! [`root_volume`]), that a privileged sidecar mounts at `/sidemount` with
+//! `Bidirectional` propagation, mounting volume `X` on `/sidemount/X`; every
+//! other container that mounted `X` gets that directory instead (`subPath: X` of
+//! `sidemount`, at the same `mountPath`) with `HostToContainer`, so the mount the
+//! sidecar makes reaches it.
+//!
+//! One volume for all, rather than an emptyDir per volume, is what makes a
+//! restarted sidecar safe: its bind source is the root volume itself, never a
+//! mount the dead instance left (a dead FUSE mount there fails the runtime's
+//! `stat`), and the runtime's recursive bind copies the mounts left under it as
+//! peers of the node's, so the new supervisor's clearing of a leftover kernel
+//! mount takes it off the node.
 
 pub mod flexvolume;
 pub mod krm;
@@ -43,8 +53,12 @@ pub const CONTAINER_NAME: &str = "sidemount";
 /// Istio's sidecar: sidemount starts after it, because a network filesystem's
 /// traffic is redirected to the proxy as soon as istio-init has run.
 pub const ISTIO_PROXY: &str = "istio-proxy";
-/// Where the sidecar binds each volume (the supervisor's default `SIDEMOUNT_ROOT`).
+/// Where the sidecar mounts the root volume, each volume in a directory of it
+/// (the supervisor's default `SIDEMOUNT_ROOT`).
 pub const MOUNT_ROOT: &str = "/sidemount";
+/// The pod volume whose directory `X` is volume `X`: an emptyDir of medium
+/// `Memory` (see [`root_volume`]).
+pub const ROOT_VOLUME: &str = "sidemount";
 /// Where the Secret of volume `X` is mounted: `/etc/sidemount/secrets/X`, its `secretDir`.
 pub const SECRETS_ROOT: &str = "/etc/sidemount/secrets";
 /// The pod volume that carries the Secret of volume `X` is `sidemount-secret-X`.
@@ -218,6 +232,12 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     if let Some(taken) = secret_mounts.iter().find(|m| pod_volumes.iter().any(|v| name_of(v) == Some(&m.pod_volume))) {
         return Err(InjectError::NameTaken { what: "volume", name: taken.pod_volume.clone() });
     }
+    let names: Vec<String> = served.iter().filter_map(|raw| raw.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // The root volume's name is taken by a volume sidemount does not serve.
+    if !names.contains(&ROOT_VOLUME) && pod_volumes.iter().any(|v| name_of(v) == Some(ROOT_VOLUME)) {
+        return Err(InjectError::NameTaken { what: "volume", name: ROOT_VOLUME.into() });
+    }
     // Each volume serves the user and group of the containers that mount it.
     let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
     owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
@@ -226,27 +246,24 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     let specs = sidecar_spec(&served);
     crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
 
-    // The pod's volumes: every served volume is an emptyDir; each Secret is one more volume.
-    for raw in &served {
-        let name = raw.name.as_deref().unwrap_or_default();
-        if !pod_volumes.iter().any(|v| name_of(v) == Some(name)) {
-            pod_volumes.push(json!({ "name": name, "emptyDir": {} }));
-        }
-    }
+    // The pod's volumes: the emptyDir each served volume had as a placeholder
+    // gives way to the one root volume (every mount of it becomes a directory of
+    // the root below); each Secret is one more volume.
+    pod_volumes.retain(|v| !name_of(v).is_some_and(|name| names.contains(&name)));
+    pod_volumes.push(root_volume());
     for mount in &secret_mounts {
         let secret = json!({ "secretName": mount.secret, "defaultMode": SECRET_FILE_MODE });
         pod_volumes.push(json!({ "name": mount.pod_volume, "secret": secret }));
     }
 
-    let names: Vec<&str> = served.iter().filter_map(|raw| raw.name.as_deref()).collect();
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
     for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
-            receive_propagation(container, &names, &format!("{field}[{i}]"))?;
+            mount_from_root(container, &names, &format!("{field}[{i}]"))?;
         }
     }
 
-    let sidecar = sidecar(&served, specs, &secret_mounts, mode, resources, config);
+    let sidecar = sidecar(specs, &secret_mounts, mode, resources, config);
     let into = match mode {
         Mode::Native => &mut init_containers,
         Mode::Legacy => &mut containers,
@@ -279,6 +296,17 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
     annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into()));
     Ok(Outcome::Injected { pod, warnings })
+}
+
+/// The root volume: an emptyDir of medium `Memory`, a tmpfs of the kubelet's. Its
+/// own files are only the volumes' empty mountpoints. The medium is what keeps a
+/// filesystem left mounted under it out of the kubelet's reach: a tmpfs emptyDir is
+/// torn down by unmounting it first (`pkg/volume/emptydir`,
+/// `teardownTmpfsOrHugetlbfs`), which fails while anything is still mounted below,
+/// so the recursive delete that follows never runs; a disk emptyDir goes straight
+/// to that delete, which empties whatever is still mounted in it.
+pub fn root_volume() -> Value {
+    json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } })
 }
 
 /// A volume's Secret, mounted into the sidecar as its `secretDir`.
@@ -369,8 +397,8 @@ fn annotation_volumes(text: &str, pod_volumes: &[Value], problems: &mut Vec<Prob
                 problem(
                     "name",
                     format!(
-                        "the pod volume {:?} (spec.volumes[{j}]) is a {} volume, but sidemount mounts onto an emptyDir: \
-                         make it `emptyDir: {{}}` or remove it (injection adds one)",
+                        "the pod volume {:?} (spec.volumes[{j}]) is a {} volume, but sidemount serves it from a directory of \
+                         its own emptyDir: make it `emptyDir: {{}}` or remove it (injection replaces it)",
                         volume.name,
                         volume_source(existing)
                     ),
@@ -458,18 +486,13 @@ fn sidecar_spec(served: &[RawVolume]) -> String {
 
 /// The container that mounts the volumes, with their spec in `SIDEMOUNT_VOLUMES`.
 fn sidecar(
-    served: &[RawVolume],
     specs: String,
     secret_mounts: &[SecretMount],
     mode: Mode,
     resources: Option<Value>,
     config: &Config,
 ) -> Value {
-    let mut mounts: Vec<Value> = served
-        .iter()
-        .filter_map(|raw| raw.name.as_deref())
-        .map(|name| json!({ "name": name, "mountPath": format!("{MOUNT_ROOT}/{name}"), "mountPropagation": "Bidirectional" }))
-        .collect();
+    let mut mounts = vec![json!({ "name": ROOT_VOLUME, "mountPath": MOUNT_ROOT, "mountPropagation": "Bidirectional" })];
     mounts.extend(
         secret_mounts
             .iter()
@@ -551,9 +574,12 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
     warnings
 }
 
-/// A container that mounts a served volume must receive the mount made under
-/// it: `HostToContainer` (rslave). `Bidirectional` receives it too and is kept.
-fn receive_propagation(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
+/// A container's mount of a served volume `X` becomes a mount of the root
+/// volume's directory `X` (`subPath: X`, or `X/<its own subPath>`), at the same
+/// `mountPath`, with the same `readOnly`. It must receive the mount the sidecar
+/// makes on that directory: `HostToContainer` (rslave); `Bidirectional` receives
+/// it too and is kept.
+fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
     let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(()) };
     let mounts = match mounts {
         Value::Null => return Ok(()),
@@ -561,13 +587,33 @@ fn receive_propagation(container: &mut Value, served: &[&str], field: &str) -> R
         _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
     };
     for mount in mounts.iter_mut() {
-        if !name_of(mount).is_some_and(|name| served.contains(&name)) {
-            continue;
-        }
+        let Some(volume) = name_of(mount).filter(|name| served.contains(name)).map(str::to_owned) else { continue };
         let Some(mount) = mount.as_object_mut() else { continue };
-        if mount.get("mountPropagation").and_then(Value::as_str) != Some("Bidirectional") {
-            mount.insert("mountPropagation".into(), json!("HostToContainer"));
+        let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
+        let (sub, expr) = (text("subPath"), text("subPathExpr"));
+        // Rebuilt in the usual order of the fields; anything else the mount carries follows.
+        let mut rebuilt = Map::new();
+        rebuilt.insert("name".into(), json!(ROOT_VOLUME));
+        for key in ["mountPath", "readOnly"] {
+            if let Some(value) = mount.remove(key) {
+                rebuilt.insert(key.into(), value);
+            }
         }
+        mount.remove("name");
+        mount.remove("subPath");
+        mount.remove("subPathExpr");
+        match (sub, expr) {
+            (_, Some(expr)) => rebuilt.insert("subPathExpr".into(), json!(format!("{volume}/{expr}"))),
+            (Some(sub), None) => rebuilt.insert("subPath".into(), json!(format!("{volume}/{sub}"))),
+            (None, None) => rebuilt.insert("subPath".into(), json!(volume)),
+        };
+        let propagation = match mount.remove("mountPropagation") {
+            Some(Value::String(p)) if p == "Bidirectional" => p,
+            _ => "HostToContainer".into(),
+        };
+        rebuilt.insert("mountPropagation".into(), json!(propagation));
+        rebuilt.extend(std::mem::take(mount));
+        *mount = rebuilt;
     }
     Ok(())
 }
@@ -723,14 +769,18 @@ mod tests {
         assert_eq!(init[0]["args"], json!(["run"]));
         assert_eq!(init[0]["securityContext"], json!({ "privileged": true }));
         assert_eq!(
-            init[0]["volumeMounts"][0],
-            json!({ "name": "data", "mountPath": "/sidemount/data", "mountPropagation": "Bidirectional" })
+            init[0]["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/sidemount", "mountPropagation": "Bidirectional" }])
         );
         assert_eq!(init[0]["startupProbe"]["exec"]["command"], json!(["sidemount", "probe"]));
         assert_eq!(init[0]["livenessProbe"]["exec"]["command"], json!(["sidemount", "probe", "--live"]));
         assert_eq!(init[1]["name"], "migrate");
-        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"], "HostToContainer");
-        assert_eq!(out["spec"]["volumes"], json!([{ "name": "data", "emptyDir": {} }]));
+        // The app's volume is the root volume's directory, at its own path.
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/data", "subPath": "data", "mountPropagation": "HostToContainer" }])
+        );
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": { "medium": "Memory" } }]));
         assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], VERSION);
         let env = &init[0]["env"];
         assert_eq!(env[1], json!({ "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": "20s" }));
@@ -828,7 +878,8 @@ mod tests {
                     "spec": { "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex.clone()] } })
         };
         let out = injected(inject(&with(json!({ INJECT_LABEL: "true" }), json!({})), &config()).unwrap());
-        assert_eq!(out["spec"]["volumes"][0], json!({ "name": "v", "emptyDir": {} }));
+        assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["subPath"], "v");
         // Without the label nothing asks for sidemount; "false" still says no.
         assert_eq!(inject(&with(json!({}), json!({})), &config()).unwrap(), Outcome::NotRequested);
         assert_eq!(
@@ -893,19 +944,70 @@ mod tests {
     }
 
     #[test]
-    fn keeps_an_existing_empty_dir_and_bidirectional_mounts() {
+    fn every_mount_of_a_served_volume_becomes_a_directory_of_the_root_volume() {
+        let spec = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}\n\
+                    - {name: disk, type: block, device: /dev/x, fsType: ext4}";
         let input = pod(
-            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ VOLUMES_ANNOTATION: spec }),
             json!({
-                "containers": [app(json!([{ "name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional" }, { "name": "other", "mountPath": "/o" }]))],
-                "volumes": [{ "name": "data", "emptyDir": { "medium": "Memory" } }, { "name": "other", "emptyDir": {} }],
+                "initContainers": [{ "name": "migrate", "image": "x", "volumeMounts": [{ "name": "disk", "mountPath": "/disk" }] }],
+                "containers": [app(json!([
+                    { "name": "data", "mountPath": "/d", "mountPropagation": "Bidirectional" },
+                    { "mountPath": "/ro", "name": "data", "readOnly": true, "mountPropagation": "None" },
+                    { "name": "data", "mountPath": "/logs", "subPath": "logs" },
+                    { "name": "disk", "mountPath": "/per-pod", "subPathExpr": "$(POD_NAME)", "subPath": "" },
+                    { "name": "other", "mountPath": "/o" },
+                ]))],
+                "volumes": [
+                    { "name": "data", "emptyDir": { "medium": "Memory" } },
+                    { "name": "other", "emptyDir": {} },
+                ],
             }),
         );
         let out = injected(inject(&input, &config()).unwrap());
-        assert_eq!(out["spec"]["volumes"][0], json!({ "name": "data", "emptyDir": { "medium": "Memory" } }));
-        assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 2);
-        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"], "Bidirectional");
-        assert!(out["spec"]["containers"][0]["volumeMounts"][1].get("mountPropagation").is_none());
+        // The placeholder emptyDir is gone: nothing mounts it any more.
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "other", "emptyDir": {} }, root_volume()]));
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"],
+            json!([
+                { "name": "sidemount", "mountPath": "/d", "subPath": "data", "mountPropagation": "Bidirectional" },
+                { "name": "sidemount", "mountPath": "/ro", "readOnly": true, "subPath": "data", "mountPropagation": "HostToContainer" },
+                { "name": "sidemount", "mountPath": "/logs", "subPath": "data/logs", "mountPropagation": "HostToContainer" },
+                { "name": "sidemount", "mountPath": "/per-pod", "subPathExpr": "disk/$(POD_NAME)", "mountPropagation": "HostToContainer" },
+                { "name": "other", "mountPath": "/o" },
+            ])
+        );
+        let migrate = &out["spec"]["initContainers"][1];
+        assert_eq!(
+            migrate["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/disk", "subPath": "disk", "mountPropagation": "HostToContainer" }])
+        );
+        // The sidecar mounts the root once, whatever the number of volumes.
+        assert_eq!(
+            out["spec"]["initContainers"][0]["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/sidemount", "mountPropagation": "Bidirectional" }])
+        );
+    }
+
+    #[test]
+    fn the_root_volume_name_is_sidemounts_own() {
+        // Taken by a volume sidemount does not serve: refused, naming it.
+        let taken = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "containers": [], "volumes": [{ "name": "sidemount", "emptyDir": {} }] }),
+        );
+        let err = inject(&taken, &config()).unwrap_err();
+        assert!(matches!(&err, InjectError::NameTaken { what: "volume", name } if name == "sidemount"), "{err}");
+        // A served volume of that name is one more directory of the root.
+        let spec = "- {name: sidemount, type: fuse, command: [x, '{mountpoint}']}";
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: spec }),
+            json!({ "containers": [app(json!([{ "name": "sidemount", "mountPath": "/s" }]))],
+                    "volumes": [{ "name": "sidemount", "emptyDir": {} }] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["subPath"], "sidemount");
     }
 
     #[test]
