@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, info_span, warn};
 
-use crate::inject;
 use crate::settings::Settings;
+use crate::{exit, inject};
 
 /// An AdmissionReview holds the object (at most ~1.5 MiB in etcd) and, for
 /// updates, the old one too.
@@ -85,8 +85,8 @@ impl WebhookError {
     /// except a cut-short drain, which is a plain failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WebhookError::CutShort(_) => 1,
-            _ => 78,
+            WebhookError::CutShort(_) => exit::FAILURE,
+            _ => exit::ENVIRONMENT,
         }
     }
 }
