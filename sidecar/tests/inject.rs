@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::KUBERNETES_VERSIONS;
 use inject_support::run_inject;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod common;
 mod inject_support;
 
 fn fixture(name: &str) -> PathBuf {
@@ -250,22 +252,18 @@ spec:
     validate(&output);
 }
 
-/// `kubernetes-validate --strict` for Kubernetes 1.29 and 1.33.
+/// `kubernetes-validate --strict` for each of `common::KUBERNETES_VERSIONS`.
 fn validate(yaml: &str) {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
-    let tool = if venv.exists() { venv.clone() } else { PathBuf::from("kubernetes-validate") };
+    let tool = common::tool("kubernetes-validate");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("injected.yaml");
     std::fs::write(&file, yaml).unwrap();
-    for version in ["1.29.0", "1.33.0"] {
-        let out =
-            Command::new(&tool).args(["--strict", "--quiet", "-k", version]).arg(&file).output().unwrap_or_else(|e| {
-                panic!(
-                "cannot run kubernetes-validate (looked at {} and on PATH): {e}; run `bash tests/setup.sh` as root, \
-                 or `.venv/bin/pip install -r tests/requirements.txt` in the repo root",
-                venv.display()
-            )
-            });
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&tool)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
         assert!(
             out.status.success(),
             "kubernetes-validate --strict -k {version} refuses the output:\n{}{}",
