@@ -2,6 +2,8 @@
 //! response carries, computed by diffing the pod before and after injection
 //! so that the webhook and `sidemount inject` share one mutation.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -33,6 +35,8 @@ fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
             for (key, value) in b {
                 match a.get(&key) {
                     None => ops.push(Operation::Add { path: child(path, &key), value }),
+                    // Most of a pod is left as it was: compared, not walked.
+                    Some(old) if *old == value => {}
                     Some(old) => {
                         let len = path.len();
                         push_token(path, &key);
@@ -44,8 +48,11 @@ fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
             for (i, (old, new)) in a.iter().zip(b).enumerate() {
+                if *old == new {
+                    continue;
+                }
                 let len = path.len();
-                push_token(path, &i.to_string());
+                write!(path, "/{i}").expect("writing to a String");
                 walk(old, new, path, ops);
                 path.truncate(len);
             }
