@@ -6,23 +6,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::patch;
+use super::pod::Reduced;
 use crate::inject::{self, Config, Outcome};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 
-/// The part of an AdmissionReview request the webhook reads.
+/// The part of an AdmissionReview request the webhook reads. The object is
+/// first read as a `Reduced` pod, and whole only when it is not shaped as one.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Review<O> {
     api_version: String,
     kind: String,
-    request: Option<Request>,
+    request: Option<Request<O>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Request<O = Value> {
     uid: String,
     kind: GroupVersionKind,
     #[serde(default)]
@@ -32,7 +34,21 @@ struct Request {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    object: Option<Value>,
+    object: Option<O>,
+}
+
+impl Review<Reduced> {
+    fn into_values(self) -> Review<Value> {
+        let request = self.request.map(|r| Request {
+            uid: r.uid,
+            kind: r.kind,
+            operation: r.operation,
+            namespace: r.namespace,
+            name: r.name,
+            object: r.object.map(|Reduced(pod)| pod),
+        });
+        Review { api_version: self.api_version, kind: self.kind, request }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +124,10 @@ pub enum ReviewError {
 /// pod, allowed unchanged (not a pod CREATE, no `sidemount.io/volumes`, already
 /// injected), or denied with the message that names the field at fault.
 pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
-    let review: Review = serde_json::from_slice(body).map_err(ReviewError::Parse)?;
+    let review = match serde_json::from_slice::<Review<Reduced>>(body) {
+        Ok(review) => review.into_values(),
+        Err(_) => serde_json::from_slice::<Review<Value>>(body).map_err(ReviewError::Parse)?,
+    };
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(ReviewError::Version { api_version: review.api_version, kind: review.kind });
     }
