@@ -150,7 +150,10 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         (Some(pod), true, "CREATE") => match inject::inject(pod, config) {
             Ok(Outcome::Injected { pod: injected, warnings }) => {
                 let operations = patch::diff(pod, injected);
-                let json = serde_json::to_vec(&operations).expect("a patch serializes");
+                // Sized once: the patch is mostly the pod's own lists, and the
+                // request carries the whole pod.
+                let mut json = Vec::with_capacity(body.len());
+                serde_json::to_writer(&mut json, &operations).expect("a patch serializes");
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
                 response.warnings = warnings;
@@ -168,7 +171,10 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         (None, _, _) => Verdict::Unchanged("no object in the request"),
         _ => Verdict::Unchanged("not a pod CREATE"),
     };
-    let body = serde_json::to_vec(&ReviewResponse { api_version: API_VERSION, kind: KIND, response })
+    let size =
+        256 + response.patch.as_ref().map_or(0, String::len) + response.warnings.iter().map(String::len).sum::<usize>();
+    let mut body = Vec::with_capacity(size);
+    serde_json::to_writer(&mut body, &ReviewResponse { api_version: API_VERSION, kind: KIND, response })
         .expect("an AdmissionReview serializes");
     Ok(Reviewed { uid: request.uid.clone(), object, verdict, body })
 }
