@@ -6,23 +6,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::patch;
+use super::pod::Reduced;
 use crate::inject::{self, Config, Outcome};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 
-/// The part of an AdmissionReview request the webhook reads.
+/// The part of an AdmissionReview request the webhook reads. The object is
+/// first read as a `Reduced` pod, and whole only when it is not shaped as one.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Review<O> {
     api_version: String,
     kind: String,
-    request: Option<Request>,
+    request: Option<Request<O>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Request<O = Value> {
     uid: String,
     kind: GroupVersionKind,
     #[serde(default)]
@@ -32,7 +34,21 @@ struct Request {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    object: Option<Value>,
+    object: Option<O>,
+}
+
+impl Review<Reduced> {
+    fn into_values(self) -> Review<Value> {
+        let request = self.request.map(|r| Request {
+            uid: r.uid,
+            kind: r.kind,
+            operation: r.operation,
+            namespace: r.namespace,
+            name: r.name,
+            object: r.object.map(|Reduced(pod)| pod),
+        });
+        Review { api_version: self.api_version, kind: self.kind, request }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +124,10 @@ pub enum ReviewError {
 /// pod, allowed unchanged (not a pod CREATE, no `sidemount.io/volumes`, already
 /// injected), or denied with the message that names the field at fault.
 pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
-    let review: Review = serde_json::from_slice(body).map_err(ReviewError::Parse)?;
+    let review = match serde_json::from_slice::<Review<Reduced>>(body) {
+        Ok(review) => review.into_values(),
+        Err(_) => serde_json::from_slice::<Review<Value>>(body).map_err(ReviewError::Parse)?,
+    };
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(ReviewError::Version { api_version: review.api_version, kind: review.kind });
     }
@@ -131,7 +150,10 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         (Some(pod), true, "CREATE") => match inject::inject(pod, config) {
             Ok(Outcome::Injected { pod: injected, warnings }) => {
                 let operations = patch::diff(pod, injected);
-                let json = serde_json::to_vec(&operations).expect("a patch serializes");
+                // Sized once: the patch is mostly the pod's own lists, and the
+                // request carries the whole pod.
+                let mut json = Vec::with_capacity(body.len());
+                serde_json::to_writer(&mut json, &operations).expect("a patch serializes");
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
                 response.warnings = warnings;
@@ -149,7 +171,10 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         (None, _, _) => Verdict::Unchanged("no object in the request"),
         _ => Verdict::Unchanged("not a pod CREATE"),
     };
-    let body = serde_json::to_vec(&ReviewResponse { api_version: API_VERSION, kind: KIND, response })
+    let size =
+        256 + response.patch.as_ref().map_or(0, String::len) + response.warnings.iter().map(String::len).sum::<usize>();
+    let mut body = Vec::with_capacity(size);
+    serde_json::to_writer(&mut body, &ReviewResponse { api_version: API_VERSION, kind: KIND, response })
         .expect("an AdmissionReview serializes");
     Ok(Reviewed { uid: request.uid.clone(), object, verdict, body })
 }

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod patch;
+mod pod;
 pub mod tls;
 
 use std::convert::Infallible;

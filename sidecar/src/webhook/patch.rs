@@ -2,6 +2,8 @@
 //! response carries, computed by diffing the pod before and after injection
 //! so that the webhook and `sidemount inject` share one mutation.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -33,6 +35,8 @@ fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
             for (key, value) in b {
                 match a.get(&key) {
                     None => ops.push(Operation::Add { path: child(path, &key), value }),
+                    // Most of a pod is left as it was: compared, not walked.
+                    Some(old) if same(old, &value) => {}
                     Some(old) => {
                         let len = path.len();
                         push_token(path, &key);
@@ -44,14 +48,41 @@ fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
             for (i, (old, new)) in a.iter().zip(b).enumerate() {
+                if same(old, &new) {
+                    continue;
+                }
                 let len = path.len();
-                push_token(path, &i.to_string());
+                write!(path, "/{i}").expect("writing to a String");
                 walk(old, new, path, ops);
                 path.truncate(len);
             }
         }
         (from, to) if *from == to => {}
         (_, to) => ops.push(Operation::Replace { path: path.clone(), value: to }),
+    }
+}
+
+/// `a == b`, without looking keys up while both objects list them in the same
+/// order, as a pod and its injected copy almost everywhere do.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            if x.len() != y.len() {
+                return false;
+            }
+            for ((k, v), (l, w)) in x.iter().zip(y) {
+                if k != l {
+                    // Another order: compared key by key.
+                    return a == b;
+                }
+                if !same(v, w) {
+                    return false;
+                }
+            }
+            true
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
+        _ => a == b,
     }
 }
 
@@ -92,6 +123,19 @@ mod tests {
                 { "op": "replace", "path": "/spec/n", "value": 2 },
             ])
         );
+    }
+
+    #[test]
+    fn compares_objects_whatever_the_order_of_their_keys() {
+        let a = json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" });
+        assert!(same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" })));
+        assert!(same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })));
+        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 3 }], "y": "s" })));
+        assert!(!same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "r": 1 }] })));
+        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }] })));
+        assert!(!same(&json!([1, 2]), &json!([1, 2, 3])));
+        // A reordered object is no change.
+        assert!(diff(&a, json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })).is_empty());
     }
 
     #[test]
