@@ -287,10 +287,12 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
 
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
-    let annotations = pod
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-        .expect("the annotations were read above");
+    // A pod converted for its label alone may have no annotations yet.
+    let metadata = &mut pod["metadata"];
+    if !metadata["annotations"].is_object() {
+        metadata["annotations"] = json!({});
+    }
+    let annotations = metadata["annotations"].as_object_mut().expect("made a map above");
     if let Some(original) = original_grace {
         annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original));
     }
@@ -895,6 +897,21 @@ mod tests {
         let other = json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } },
                             "spec": { "containers": [], "volumes": [{ "name": "n", "flexVolume": { "driver": "other/nfs" } }] } });
         assert_eq!(inject(&other, &config()).unwrap(), Outcome::NotRequested);
+    }
+
+    #[test]
+    fn a_pod_with_the_label_and_no_annotations_is_converted() {
+        let flex =
+            json!({ "name": "v", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } });
+        let spec = json!({ "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex] });
+        for metadata in [
+            json!({ "name": "p", "labels": { INJECT_LABEL: "true" } }),
+            json!({ "name": "p", "labels": { INJECT_LABEL: "true" }, "annotations": null }),
+        ] {
+            let out = injected(inject(&json!({ "metadata": metadata, "spec": spec }), &config()).unwrap());
+            assert_eq!(out["metadata"]["annotations"], json!({ INJECTED_ANNOTATION: VERSION }));
+            assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
+        }
     }
 
     #[test]
