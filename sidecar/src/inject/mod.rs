@@ -153,6 +153,9 @@ pub enum InjectError {
     /// Two containers that mount one volume run as different users or groups.
     #[error("{0}")]
     Owners(Box<owner::Conflict>),
+    /// A container's use of a served volume that its directory of the root cannot give.
+    #[error("{field}: {message}")]
+    Mount { field: String, message: String },
 }
 
 /// Injects the sidecar into a pod, or a workload's pod template: `template`
@@ -582,17 +585,30 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
 /// makes on that directory: `HostToContainer` (rslave); `Bidirectional` receives
 /// it too and is kept.
 fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
+    let devices = container.get("volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if let Some((j, volume)) =
+        devices.iter().enumerate().find_map(|(j, d)| name_of(d).filter(|name| served.contains(name)).map(|n| (j, n)))
+    {
+        return Err(InjectError::Mount {
+            field: format!("{field}.volumeDevices[{j}].name"),
+            message: format!(
+                "volume {volume:?} is a filesystem that sidemount mounts, not a block device: mount it with \
+                 volumeMounts instead"
+            ),
+        });
+    }
     let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(()) };
     let mounts = match mounts {
         Value::Null => return Ok(()),
         Value::Array(mounts) => mounts,
         _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
     };
-    for mount in mounts.iter_mut() {
+    for (j, mount) in mounts.iter_mut().enumerate() {
         let Some(volume) = name_of(mount).filter(|name| served.contains(name)).map(str::to_owned) else { continue };
         let Some(mount) = mount.as_object_mut() else { continue };
         let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
         let (sub, expr) = (text("subPath"), text("subPathExpr"));
+        check_sub_paths(&volume, sub.as_deref(), expr.as_deref(), &format!("{field}.volumeMounts[{j}]"))?;
         // Rebuilt in the usual order of the fields; anything else the mount carries follows.
         let mut rebuilt = Map::new();
         rebuilt.insert("name".into(), json!(ROOT_VOLUME));
@@ -616,6 +632,32 @@ fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Resul
         rebuilt.insert("mountPropagation".into(), json!(propagation));
         rebuilt.extend(std::mem::take(mount));
         *mount = rebuilt;
+    }
+    Ok(())
+}
+
+/// The `subPath` or `subPathExpr` of a mount of a served volume, which becomes a
+/// path inside the volume's directory of the root: Kubernetes refuses an absolute
+/// path, a `..` and both fields at once, but behind the volume's name an absolute
+/// path would be accepted as a directory of the volume, and `..` would be reported
+/// as a path the user never wrote. Refused here, as the user wrote them.
+fn check_sub_paths(volume: &str, sub: Option<&str>, expr: Option<&str>, at: &str) -> Result<(), InjectError> {
+    if sub.is_some() && expr.is_some() {
+        return Err(InjectError::Mount {
+            field: format!("{at}.subPathExpr"),
+            message: "subPath and subPathExpr are mutually exclusive: give one of them".into(),
+        });
+    }
+    let (key, path) = match (sub, expr) {
+        (Some(sub), _) => ("subPath", sub),
+        (None, Some(expr)) => ("subPathExpr", expr),
+        (None, None) => return Ok(()),
+    };
+    if path.starts_with('/') || path.split('/').any(|part| part == "..") {
+        return Err(InjectError::Mount {
+            field: format!("{at}.{key}"),
+            message: format!("{path:?} must be a relative path without `..`: it names a path inside volume {volume:?}"),
+        });
     }
     Ok(())
 }
@@ -1003,6 +1045,60 @@ mod tests {
         assert_eq!(
             out["spec"]["initContainers"][0]["volumeMounts"],
             json!([{ "name": "sidemount", "mountPath": "/sidemount", "mountPropagation": "Bidirectional" }])
+        );
+    }
+
+    /// The error injecting one container with `mounts` (and `devices`) of volume `data`.
+    fn mount_error(mounts: Value, devices: Value) -> String {
+        let mut container = app(mounts);
+        container["volumeDevices"] = devices;
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [container] }));
+        let err = inject(&input, &config()).unwrap_err();
+        assert!(matches!(err, InjectError::Mount { .. }), "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn a_sub_path_that_is_not_inside_the_volume_is_refused_as_written() {
+        // Behind the volume's directory "/etc" would be a relative "data//etc", which
+        // Kubernetes accepts: the pod it refused would run, with another meaning.
+        let err = mount_error(json!([{ "name": "data", "mountPath": "/c", "subPath": "/etc" }]), Value::Null);
+        assert!(
+            err.starts_with("spec.containers[0].volumeMounts[0].subPath: \"/etc\" must be a relative path"),
+            "{err}"
+        );
+        let err = mount_error(
+            json!([{ "name": "data", "mountPath": "/a" }, { "name": "data", "mountPath": "/c", "subPathExpr": "$(X)/../up" }]),
+            Value::Null,
+        );
+        assert!(err.starts_with("spec.containers[0].volumeMounts[1].subPathExpr: \"$(X)/../up\""), "{err}");
+        let err = mount_error(
+            json!([{ "name": "data", "mountPath": "/c", "subPath": "s", "subPathExpr": "e" }]),
+            Value::Null,
+        );
+        assert!(err.starts_with("spec.containers[0].volumeMounts[0].subPathExpr: subPath and subPathExpr"), "{err}");
+        // A relative path, a trailing slash, "..." as a name, and an empty one stay as they were.
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "containers": [app(json!([
+                { "name": "data", "mountPath": "/a", "subPath": "a/b/" },
+                { "name": "data", "mountPath": "/b", "subPath": "...", "subPathExpr": "" },
+                { "name": "data", "mountPath": "/c", "subPath": "" },
+            ]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let subs: Vec<&Value> = (0..3).map(|i| &out["spec"]["containers"][0]["volumeMounts"][i]["subPath"]).collect();
+        assert_eq!(subs, [&json!("data/a/b/"), &json!("data/..."), &json!("data")]);
+    }
+
+    #[test]
+    fn a_served_volume_is_no_block_device() {
+        let err = mount_error(json!([]), json!([{ "name": "data", "devicePath": "/dev/xvdb" }]));
+        assert!(
+            err.starts_with(
+                "spec.containers[0].volumeDevices[0].name: volume \"data\" is a filesystem that sidemount mounts"
+            ),
+            "{err}"
         );
     }
 
