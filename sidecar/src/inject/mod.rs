@@ -260,6 +260,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
 
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
+    check_init_order(&init_containers, mode, &names)?;
     for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
             mount_from_root(container, &names, &format!("{field}[{i}]"))?;
@@ -271,7 +272,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         Mode::Native => &mut init_containers,
         Mode::Legacy => &mut containers,
     };
-    let at = into.iter().position(|c| name_of(c) == Some(ISTIO_PROXY)).map_or(0, |i| i + 1);
+    let at = sidecar_position(into);
     into.insert(at, sidecar);
 
     set_list(spec, "volumes", pod_volumes);
@@ -577,6 +578,49 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Where the sidecar goes in its list: first, or right after `istio-proxy`.
+fn sidecar_position(list: &[Value]) -> usize {
+    list.iter().position(|c| name_of(c) == Some(ISTIO_PROXY)).map_or(0, |i| i + 1)
+}
+
+/// An init container that runs to completion before the sidecar starts (before
+/// `istio-proxy` in native mode; any, in legacy mode, where the sidecar is an app
+/// container) would find a served volume an empty directory of the root tmpfs, and
+/// what it wrote there would be hidden under the mount, then lost with the pod.
+fn check_init_order(init_containers: &[Value], mode: Mode, served: &[&str]) -> Result<(), InjectError> {
+    let before = match mode {
+        Mode::Native => sidecar_position(init_containers),
+        Mode::Legacy => init_containers.len(),
+    };
+    for (i, container) in init_containers[..before].iter().enumerate() {
+        if container.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+            continue;
+        }
+        let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let Some((j, volume)) =
+            mounts.iter().enumerate().find_map(|(j, m)| name_of(m).filter(|n| served.contains(n)).map(|n| (j, n)))
+        else {
+            continue;
+        };
+        let fix = match mode {
+            Mode::Native => format!("move it after {ISTIO_PROXY}, where the sidecar starts"),
+            Mode::Legacy => format!(
+                "in legacy mode the sidecar starts with the app containers, after every init container: use \
+                 native mode ({MODE_ANNOTATION}: native, Kubernetes 1.29 and later) or do this work in an app container"
+            ),
+        };
+        return Err(InjectError::Mount {
+            field: format!("spec.initContainers[{i}].volumeMounts[{j}]"),
+            message: format!(
+                "init container {} runs before the sidemount sidecar has mounted volume {volume:?}: it would see an \
+                 empty directory, and what it wrote would be hidden under the mount; {fix}",
+                name_of(container).unwrap_or("?")
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A container's mount of a served volume `X` becomes a mount of the root
@@ -1098,6 +1142,45 @@ mod tests {
             err.starts_with(
                 "spec.containers[0].volumeDevices[0].name: volume \"data\" is a filesystem that sidemount mounts"
             ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_init_container_that_runs_before_the_sidecar_may_not_mount_a_served_volume() {
+        let early = json!({ "name": "early", "image": "x", "volumeMounts": [{ "name": "data", "mountPath": "/d" }] });
+        let proxy = json!({ "name": ISTIO_PROXY, "image": "istio", "restartPolicy": "Always" });
+        // Native mode: before istio-proxy, the sidecar's place, it runs on the empty directory.
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [early.clone(), proxy.clone()], "containers": [app(json!([]))] }),
+        );
+        let err = inject(&input, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "spec.initContainers[0].volumeMounts[0]: init container early runs before the sidemount sidecar"
+            ) && err.ends_with("move it after istio-proxy, where the sidecar starts"),
+            "{err}"
+        );
+        // After it, or a native sidecar of the user's before it, is fine.
+        let mut user_sidecar = early.clone();
+        user_sidecar["restartPolicy"] = json!("Always");
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [user_sidecar, proxy, early.clone()], "containers": [app(json!([]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let order: Vec<&str> = out["spec"]["initContainers"].as_array().unwrap().iter().filter_map(name_of).collect();
+        assert_eq!(order, ["early", ISTIO_PROXY, CONTAINER_NAME, "early"]);
+        // Legacy mode: every init container runs before the sidecar.
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE, MODE_ANNOTATION: "legacy" }),
+            json!({ "initContainers": [{ "name": "plain", "image": "x" }, early], "containers": [app(json!([]))] }),
+        );
+        let err = inject(&input, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.initContainers[1].volumeMounts[0]: init container early")
+                && err.contains("use native mode"),
             "{err}"
         );
     }
