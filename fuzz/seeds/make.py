@@ -75,6 +75,7 @@ HOSTILE_STREAMS = {
     "layout-subpath-absolute": POD.replace("mountPath: /d}", "mountPath: /d, subPath: /etc}"),
     "layout-subpath-backstep": POD.replace("mountPath: /d}", "mountPath: /d, subPathExpr: '$(A)/..'}"),
     "layout-subpath-both": POD.replace("mountPath: /d}", "mountPath: /d, subPath: a, subPathExpr: b}"),
+    "layout-recursive-read-only": POD.replace("mountPath: /d}", "mountPath: /d, readOnly: true, recursiveReadOnly: Enabled}"),
     "layout-volume-device": POD.replace("volumeMounts: [{name: d, mountPath: /d}]", "volumeDevices: [{name: d, devicePath: /dev/x}]"),
     "layout-init-before-sidecar": POD.replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}, {name: istio-proxy, image: i, restartPolicy: Always}]\n"),
     "layout-legacy-init": POD.replace("  annotations:\n", "  annotations:\n    sidemount.io/mode: legacy\n").replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}]\n"),

@@ -653,6 +653,15 @@ fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Resul
         let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
         let (sub, expr) = (text("subPath"), text("subPathExpr"));
         check_sub_paths(&volume, sub.as_deref(), expr.as_deref(), &format!("{field}.volumeMounts[{j}]"))?;
+        if let Some(rro) = mount.get("recursiveReadOnly").and_then(Value::as_str).filter(|r| *r != "Disabled") {
+            return Err(InjectError::Mount {
+                field: format!("{field}.volumeMounts[{j}].recursiveReadOnly"),
+                message: format!(
+                    "{rro} needs mountPropagation None, but volume {volume:?} reaches the container by \
+                     HostToContainer, from the sidecar's mount: remove it (readOnly is kept)"
+                ),
+            });
+        }
         // Rebuilt in the usual order of the fields; anything else the mount carries follows.
         let mut rebuilt = Map::new();
         rebuilt.insert("name".into(), json!(ROOT_VOLUME));
@@ -1133,6 +1142,24 @@ mod tests {
         let out = injected(inject(&input, &config()).unwrap());
         let subs: Vec<&Value> = (0..3).map(|i| &out["spec"]["containers"][0]["volumeMounts"][i]["subPath"]).collect();
         assert_eq!(subs, [&json!("data/a/b/"), &json!("data/..."), &json!("data")]);
+    }
+
+    #[test]
+    fn a_recursive_read_only_mount_is_refused() {
+        // Kubernetes refuses recursiveReadOnly with any propagation but None, and the
+        // mount of a served volume must receive the sidecar's mount.
+        let rro =
+            |value: &str| json!([{ "name": "data", "mountPath": "/r", "readOnly": true, "recursiveReadOnly": value }]);
+        for value in ["Enabled", "IfPossible"] {
+            let err = mount_error(rro(value), Value::Null);
+            assert!(
+                err.starts_with(&format!("spec.containers[0].volumeMounts[0].recursiveReadOnly: {value} needs")),
+                "{err}"
+            );
+        }
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [app(rro("Disabled"))] }));
+        let out = injected(inject(&input, &config()).unwrap());
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["recursiveReadOnly"], "Disabled");
     }
 
     #[test]
