@@ -552,7 +552,11 @@ fn sidecar(
 /// A subPath inside a FUSE volume is not reached by a repair: the kubelet binds
 /// the subdirectory of the mount there at the container's start, and a new mount
 /// at the volume's root does not cover a bind whose root lies below it (README,
-/// Limits). Say so at admission, where the pod's author reads it.
+/// Limits). Say so at admission, where the pod's author reads it: the first
+/// [`SUBPATH_WARNINGS`] mounts, then their count (the API server keeps a few KiB
+/// of warnings, and a pod of many containers could otherwise bring megabytes).
+const SUBPATH_WARNINGS: usize = 8;
+
 fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
     let fuse: Vec<&str> = served
         .iter()
@@ -560,6 +564,7 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
         .filter_map(|raw| raw.name.as_deref())
         .collect();
     let mut warnings = Vec::new();
+    let mut more = 0;
     for container in groups.iter().flat_map(|group| group.iter()) {
         let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         for mount in mounts {
@@ -568,6 +573,10 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
                 .iter()
                 .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()));
             let Some(sub) = sub else { continue };
+            if warnings.len() == SUBPATH_WARNINGS {
+                more += 1;
+                continue;
+            }
             let container = name_of(container).unwrap_or("?");
             let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
             warnings.push(format!(
@@ -576,6 +585,9 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
                  reads ENOTCONN at {at} until the pod is recreated. Mount the whole volume and use {sub} inside it instead"
             ));
         }
+    }
+    if more > 0 {
+        warnings.push(format!("and {more} more mounts of a FUSE volume with a subPath, each with the same limit"));
     }
     warnings
 }
@@ -849,6 +861,25 @@ mod tests {
                 && warnings[0].contains("ENOTCONN at /logs")
                 && warnings[0].contains("Mount the whole volume"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn subpath_warnings_are_bounded() {
+        let mounts: Vec<Value> =
+            (0..50).map(|i| json!({ "name": "data", "mountPath": format!("/m{i}"), "subPath": "s" })).collect();
+        let containers: Vec<Value> =
+            (0..20).map(|i| json!({ "name": format!("c{i}"), "image": "x", "volumeMounts": mounts })).collect();
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": containers }));
+        let Outcome::Injected { warnings, .. } = inject(&input, &config()).unwrap() else { panic!("not injected") };
+        assert_eq!(warnings.len(), SUBPATH_WARNINGS + 1, "{}", warnings.len());
+        assert!(warnings[0].starts_with("container c0 mounts volume data with subPath s:"), "{}", warnings[0]);
+        assert_eq!(
+            warnings[SUBPATH_WARNINGS],
+            format!(
+                "and {} more mounts of a FUSE volume with a subPath, each with the same limit",
+                1000 - SUBPATH_WARNINGS
+            )
         );
     }
 
