@@ -607,30 +607,43 @@ fn check_init_order(init_containers: &[Value], mode: Mode, served: &[&str]) -> R
         Mode::Legacy => init_containers.len(),
     };
     for (i, container) in init_containers[..before].iter().enumerate() {
-        if container.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
-            continue;
-        }
+        // A native sidecar of the user's keeps running and receives the mount
+        // later, unless it mounts a subPath: bound below the volume's directory
+        // before anything is mounted there, that never shows the volume.
+        let restartable = container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
         let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        let Some((j, volume)) =
-            mounts.iter().enumerate().find_map(|(j, m)| name_of(m).filter(|n| served.contains(n)).map(|n| (j, n)))
-        else {
-            continue;
-        };
-        let fix = match mode {
-            Mode::Native => format!("move it after {ISTIO_PROXY}, where the sidecar starts"),
-            Mode::Legacy => format!(
-                "in legacy mode the sidecar starts with the app containers, after every init container: use \
-                 native mode ({MODE_ANNOTATION}: native, Kubernetes 1.29 and later) or do this work in an app container"
-            ),
-        };
-        return Err(InjectError::Mount {
-            field: format!("spec.initContainers[{i}].volumeMounts[{j}]"),
-            message: format!(
-                "init container {} runs before the sidemount sidecar has mounted volume {volume:?}: it would see an \
-                 empty directory, and what it wrote would be hidden under the mount; {fix}",
-                name_of(container).unwrap_or("?")
-            ),
+        let found = mounts.iter().enumerate().find_map(|(j, m)| {
+            let volume = name_of(m).filter(|n| served.contains(n))?;
+            let sub = ["subPath", "subPathExpr"]
+                .iter()
+                .find_map(|key| m.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()));
+            (!restartable || sub.is_some()).then_some((j, volume, sub.unwrap_or_default()))
         });
+        let Some((j, volume, sub)) = found else { continue };
+        let name = name_of(container).unwrap_or("?");
+        let message = match (restartable, mode) {
+            (true, _) => format!(
+                "native sidecar {name} starts before the sidemount sidecar, so its subPath {sub} of volume {volume:?} \
+                 is bound before the volume is mounted: it would see a directory of the root tmpfs, never the volume; {}",
+                if mode == Mode::Native {
+                    format!("move it after {ISTIO_PROXY}, where the sidecar starts, or mount the whole volume")
+                } else {
+                    "mount the whole volume".to_string()
+                }
+            ),
+            (false, Mode::Native) => format!(
+                "init container {name} runs before the sidemount sidecar has mounted volume {volume:?}: it would see \
+                 an empty directory, and what it wrote would be hidden under the mount; move it after {ISTIO_PROXY}, \
+                 where the sidecar starts"
+            ),
+            (false, Mode::Legacy) => format!(
+                "init container {name} runs before the sidemount sidecar has mounted volume {volume:?}: it would see \
+                 an empty directory, and what it wrote would be hidden under the mount; in legacy mode the sidecar \
+                 starts with the app containers, after every init container: use native mode ({MODE_ANNOTATION}: \
+                 native, Kubernetes 1.29 and later) or do this work in an app container"
+            ),
+        };
+        return Err(InjectError::Mount { field: format!("spec.initContainers[{i}].volumeMounts[{j}]"), message });
     }
     Ok(())
 }
@@ -1218,6 +1231,20 @@ mod tests {
             err.starts_with(
                 "spec.initContainers[0].volumeMounts[0]: init container early runs before the sidemount sidecar"
             ) && err.ends_with("move it after istio-proxy, where the sidecar starts"),
+            "{err}"
+        );
+        // A native sidecar of the user's before it receives the mount later, but not through a subPath.
+        let mut logs = early.clone();
+        logs["restartPolicy"] = json!("Always");
+        logs["volumeMounts"][0]["subPath"] = json!("logs");
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [logs, proxy.clone()], "containers": [app(json!([]))] }),
+        );
+        let err = inject(&input, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.initContainers[0].volumeMounts[0]: native sidecar early starts before the sidemount")
+                && err.contains("its subPath logs of volume \"data\""),
             "{err}"
         );
         // After it, or a native sidecar of the user's before it, is fine.
