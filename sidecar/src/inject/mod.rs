@@ -260,7 +260,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     }
 
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
-    check_init_order(&init_containers, mode, &names)?;
+    check_start_order(&init_containers, &containers, mode, &names)?;
     for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
             mount_from_root(container, &names, &format!("{field}[{i}]"))?;
@@ -601,7 +601,38 @@ fn sidecar_position(list: &[Value]) -> usize {
 /// `istio-proxy` in native mode; any, in legacy mode, where the sidecar is an app
 /// container) would find a served volume an empty directory of the root tmpfs, and
 /// what it wrote there would be hidden under the mount, then lost with the pod.
-fn check_init_order(init_containers: &[Value], mode: Mode, served: &[&str]) -> Result<(), InjectError> {
+///
+/// In legacy mode every app container starts alongside the sidecar, before the
+/// volume is mounted, so a subPath of it is never the volume either.
+fn check_start_order(
+    init_containers: &[Value],
+    containers: &[Value],
+    mode: Mode,
+    served: &[&str],
+) -> Result<(), InjectError> {
+    if mode == Mode::Legacy {
+        for (i, container) in containers.iter().enumerate() {
+            let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let found = mounts.iter().enumerate().find_map(|(j, m)| {
+                let volume = name_of(m).filter(|n| served.contains(n))?;
+                let sub = ["subPath", "subPathExpr"]
+                    .iter()
+                    .find_map(|key| m.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))?;
+                Some((j, volume, sub))
+            });
+            let Some((j, volume, sub)) = found else { continue };
+            return Err(InjectError::Mount {
+                field: format!("spec.containers[{i}].volumeMounts[{j}]"),
+                message: format!(
+                    "in legacy mode container {} starts alongside the sidemount sidecar, so its subPath {sub} of \
+                     volume {volume:?} is bound before the volume is mounted: it would see a directory of the root \
+                     tmpfs, never the volume; mount the whole volume and use {sub} inside it, or use native mode \
+                     ({MODE_ANNOTATION}: native, Kubernetes 1.29 and later)",
+                    name_of(container).unwrap_or("?")
+                ),
+            });
+        }
+    }
     let before = match mode {
         Mode::Native => sidecar_position(init_containers),
         Mode::Legacy => init_containers.len(),
@@ -1266,6 +1297,17 @@ mod tests {
         assert!(
             err.starts_with("spec.initContainers[1].volumeMounts[0]: init container early")
                 && err.contains("use native mode"),
+            "{err}"
+        );
+        // And its app containers start alongside the sidecar: a subPath is bound before the mount.
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE, MODE_ANNOTATION: "legacy" }),
+            json!({ "containers": [app(json!([{ "name": "data", "mountPath": "/d" }, { "name": "data", "mountPath": "/l", "subPathExpr": "$(P)" }]))] }),
+        );
+        let err = inject(&input, &config()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.containers[0].volumeMounts[1]: in legacy mode container app starts alongside")
+                && err.contains("its subPath $(P) of volume \"data\""),
             "{err}"
         );
     }
