@@ -76,6 +76,8 @@ HOSTILE_STREAMS = {
     "layout-subpath-backstep": POD.replace("mountPath: /d}", "mountPath: /d, subPathExpr: '$(A)/..'}"),
     "layout-subpath-both": POD.replace("mountPath: /d}", "mountPath: /d, subPath: a, subPathExpr: b}"),
     "layout-recursive-read-only": POD.replace("mountPath: /d}", "mountPath: /d, readOnly: true, recursiveReadOnly: Enabled}"),
+    "layout-native-sidecar-subpath": POD.replace("spec:\n", "spec:\n  initContainers: [{name: s, image: x, restartPolicy: Always, volumeMounts: [{name: d, mountPath: /d, subPath: logs}]}, {name: istio-proxy, image: i, restartPolicy: Always}]\n"),
+    "layout-legacy-subpath": POD.replace("  annotations:\n", "  annotations:\n    sidemount.io/mode: legacy\n").replace("mountPath: /d}", "mountPath: /d, subPath: s}"),
     "layout-volume-device": POD.replace("volumeMounts: [{name: d, mountPath: /d}]", "volumeDevices: [{name: d, devicePath: /dev/x}]"),
     "layout-init-before-sidecar": POD.replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}, {name: istio-proxy, image: i, restartPolicy: Always}]\n"),
     "layout-legacy-init": POD.replace("  annotations:\n", "  annotations:\n    sidemount.io/mode: legacy\n").replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}]\n"),

@@ -566,12 +566,10 @@ fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut more = 0;
     for container in groups.iter().flat_map(|group| group.iter()) {
-        let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let mounts = mounts_of(container);
         for mount in mounts {
             let Some(volume) = name_of(mount).filter(|name| fuse.contains(name)) else { continue };
-            let sub = ["subPath", "subPathExpr"]
-                .iter()
-                .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()));
+            let sub = sub_path(mount);
             let Some(sub) = sub else { continue };
             if warnings.len() == SUBPATH_WARNINGS {
                 more += 1;
@@ -612,12 +610,10 @@ fn check_start_order(
 ) -> Result<(), InjectError> {
     if mode == Mode::Legacy {
         for (i, container) in containers.iter().enumerate() {
-            let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let mounts = mounts_of(container);
             let found = mounts.iter().enumerate().find_map(|(j, m)| {
                 let volume = name_of(m).filter(|n| served.contains(n))?;
-                let sub = ["subPath", "subPathExpr"]
-                    .iter()
-                    .find_map(|key| m.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))?;
+                let sub = sub_path(m)?;
                 Some((j, volume, sub))
             });
             let Some((j, volume, sub)) = found else { continue };
@@ -642,12 +638,10 @@ fn check_start_order(
         // later, unless it mounts a subPath: bound below the volume's directory
         // before anything is mounted there, that never shows the volume.
         let restartable = container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
-        let mounts = container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let mounts = mounts_of(container);
         let found = mounts.iter().enumerate().find_map(|(j, m)| {
             let volume = name_of(m).filter(|n| served.contains(n))?;
-            let sub = ["subPath", "subPathExpr"]
-                .iter()
-                .find_map(|key| m.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()));
+            let sub = sub_path(m);
             (!restartable || sub.is_some()).then_some((j, volume, sub.unwrap_or_default()))
         });
         let Some((j, volume, sub)) = found else { continue };
@@ -769,6 +763,18 @@ fn check_sub_paths(volume: &str, sub: Option<&str>, expr: Option<&str>, at: &str
         });
     }
     Ok(())
+}
+
+/// A container's volume mounts (none when it has no list).
+fn mounts_of(container: &Value) -> &[Value] {
+    container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A mount's `subPath`, else its `subPathExpr`, when not empty.
+fn sub_path(mount: &Value) -> Option<&str> {
+    ["subPath", "subPathExpr"]
+        .iter()
+        .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))
 }
 
 /// Raises `terminationGracePeriodSeconds` to the supervisor's shutdown budget
