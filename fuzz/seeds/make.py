@@ -68,6 +68,21 @@ HOSTILE_STREAMS = {
     "aliases": "kind: Pod\nmetadata: &m {name: p, annotations: {sidemount.io/volumes: '- {name: d, type: zfs, dataset: p/d}'}}\nspec: {containers: [&c {name: app, image: x}]}\n---\nkind: Pod\nmetadata: *m\nspec: {containers: [*c]}\n",
     "flexvolume": "kind: Pod\nmetadata: {name: f, annotations: {sidemount.io/convert-flexvolume: 'true'}}\nspec:\n  containers: [{name: app, image: x}]\n  volumes: [{name: d, flexVolume: {driver: altalang/ofs, secretRef: ofs-secret, options: {networkPath: 's3://b'}}}]\n",
     "list": '{"kind":"List","items":[{"kind":"ConfigMap"},' + '{"kind":"Pod","metadata":{"name":"p","annotations":{"sidemount.io/volumes":"- {name: d, type: zfs, dataset: p/d}"}},"spec":{"containers":[]}}]}',
+    # The layout of one root emptyDir: every shape of a mount of a served volume,
+    # and what is refused.
+    "layout-mounts": "kind: Pod\nmetadata: {name: m, annotations: {sidemount.io/volumes: \"- {name: d, type: fuse, command: [x, '{mountpoint}']}\\n- {name: sidemount, type: zfs, dataset: p/s}\"}}\nspec:\n  initContainers:\n  - {name: istio-proxy, image: i, restartPolicy: Always}\n  - {name: init, image: x, volumeMounts: [{name: d, mountPath: /i}]}\n  containers:\n  - name: app\n    image: x\n    volumeMounts:\n    - {name: d, mountPath: /a}\n    - {name: d, mountPath: /b, readOnly: true, mountPropagation: None}\n    - {name: d, mountPath: /c, subPath: 'c/'}\n    - {name: d, mountPath: /e, subPathExpr: '$(POD)', subPath: ''}\n    - {name: sidemount, mountPath: /s, mountPropagation: Bidirectional}\n  volumes: [{name: d, emptyDir: {}}, {name: sidemount, emptyDir: {medium: Memory}}]\n",
+    "layout-root-name-taken": POD.replace("spec:\n", "spec:\n  volumes: [{name: sidemount, emptyDir: {}}]\n"),
+    "layout-subpath-absolute": POD.replace("mountPath: /d}", "mountPath: /d, subPath: /etc}"),
+    "layout-subpath-backstep": POD.replace("mountPath: /d}", "mountPath: /d, subPathExpr: '$(A)/..'}"),
+    "layout-subpath-both": POD.replace("mountPath: /d}", "mountPath: /d, subPath: a, subPathExpr: b}"),
+    "layout-recursive-read-only": POD.replace("mountPath: /d}", "mountPath: /d, readOnly: true, recursiveReadOnly: Enabled}"),
+    "layout-native-sidecar-subpath": POD.replace("spec:\n", "spec:\n  initContainers: [{name: s, image: x, restartPolicy: Always, volumeMounts: [{name: d, mountPath: /d, subPath: logs}]}, {name: istio-proxy, image: i, restartPolicy: Always}]\n"),
+    "layout-legacy-subpath": POD.replace("  annotations:\n", "  annotations:\n    sidemount.io/mode: legacy\n").replace("mountPath: /d}", "mountPath: /d, subPath: s}"),
+    "layout-volume-device": POD.replace("volumeMounts: [{name: d, mountPath: /d}]", "volumeDevices: [{name: d, devicePath: /dev/x}]"),
+    "layout-init-before-sidecar": POD.replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}, {name: istio-proxy, image: i, restartPolicy: Always}]\n"),
+    "layout-legacy-init": POD.replace("  annotations:\n", "  annotations:\n    sidemount.io/mode: legacy\n").replace("spec:\n", "spec:\n  initContainers: [{name: i, image: x, volumeMounts: [{name: d, mountPath: /d}]}]\n"),
+    "flexvolume-label-only": "kind: Pod\nmetadata: {name: f, labels: {sidemount.io/inject: 'true'}}\nspec:\n  containers: [{name: app, image: x, volumeMounts: [{name: d, mountPath: /d}]}]\n  volumes: [{name: d, flexVolume: {driver: altalang/ofs, options: {networkPath: 's3://b'}}}]\n",
+    "old-layout-injected": "kind: Pod\nmetadata: {name: o, annotations: {sidemount.io/injected: 0.0.9, sidemount.io/volumes: '- {name: d, type: zfs, dataset: p/d}'}}\nspec:\n  initContainers: [{name: sidemount, image: s, restartPolicy: Always, volumeMounts: [{name: d, mountPath: /sidemount/d, mountPropagation: Bidirectional}]}]\n  containers: [{name: app, image: x, volumeMounts: [{name: d, mountPath: /d, mountPropagation: HostToContainer}]}]\n  volumes: [{name: d, emptyDir: {}}]\n",
     "resource-list": "apiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n- " + POD.replace("\n", "\n  ").rstrip() + "\nfunctionConfig: {apiVersion: sidemount.io/v1alpha1, kind: SidemountInjector, spec: {mode: legacy}}\n",
 }
 

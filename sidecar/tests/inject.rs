@@ -252,6 +252,22 @@ spec:
     validate(&output);
 }
 
+#[test]
+fn a_workload_injected_with_the_earlier_layout_is_left_as_it_is() {
+    // An emptyDir per volume, bound into the sidecar at /sidemount/<name>: what an
+    // earlier release wrote. Its pods keep working as they are, so they are not
+    // converted to the one root (which would also drop the volume its sidecar mounts).
+    let earlier = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: earlier}\nspec:\n  template:\n    \
+                   metadata:\n      annotations:\n        sidemount.io/injected: 0.0.9\n        \
+                   sidemount.io/volumes: '- {name: data, type: zfs, dataset: p/d}'\n    spec:\n      \
+                   initContainers:\n      - {name: sidemount, image: s, restartPolicy: Always, \
+                   volumeMounts: [{name: data, mountPath: /sidemount/data, mountPropagation: Bidirectional}]}\n      \
+                   containers:\n      - {name: app, image: x, \
+                   volumeMounts: [{name: data, mountPath: /data, mountPropagation: HostToContainer}]}\n      \
+                   volumes: [{name: data, emptyDir: {}}]\n";
+    assert_eq!(ok(&inject(&[], &[], earlier.as_bytes())), earlier);
+}
+
 /// `kubernetes-validate --strict` for each of `common::KUBERNETES_VERSIONS`.
 fn validate(yaml: &str) {
     let tool = common::tool("kubernetes-validate");

@@ -311,10 +311,18 @@ fn objectivefs_flexvolume_becomes_a_sidemount_volume() {
 }
 
 #[test]
+fn a_labelled_flexvolume_pod_without_annotations_is_converted() {
+    let pod = injected("flexvolume-label-only");
+    assert_eq!(names(&pod["spec"]["volumes"]), ["kube-api-access-x7k2p", "sidemount", "sidemount-secret-test"]);
+    assert_eq!(served(container(&pod, "containers", "app"), "test")["mountPath"], "/data");
+}
+
+#[test]
 fn every_fixture_has_a_test() {
     let tested = [
         "already-injected",
         "flexvolume",
+        "flexvolume-label-only",
         "invalid-annotation",
         "istio-proxy",
         "legacy-mode",
