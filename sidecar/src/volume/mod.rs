@@ -223,7 +223,7 @@ pub fn leftovers(table: &MountTable, volumes: &[Owned]) -> Vec<String> {
         .iter()
         .filter_map(|v| {
             let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-            for m in table.mounts.iter().filter(|m| m.mount_point == v.mountpoint && v.matcher.matches(m)) {
+            for m in table.at(&v.mountpoint).filter(|m| v.matcher.matches(m)) {
                 *kinds.entry(m.fs_type.as_str()).or_default() += 1;
             }
             if kinds.is_empty() {
@@ -929,7 +929,7 @@ impl Task {
         let mut progress = Progress::default();
         loop {
             let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
-            let left = table.mounts.iter().filter(|m| m.mount_point == stage).count();
+            let left = table.at(&stage).count();
             if left == 0 {
                 return Ok(());
             }
@@ -1006,12 +1006,8 @@ impl Task {
         }
         let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
         self.mounted_id(&table).ok_or_else(|| {
-            let here: Vec<String> = table
-                .mounts
-                .iter()
-                .filter(|m| m.mount_point == self.mountpoint)
-                .map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type))
-                .collect();
+            let here: Vec<String> =
+                table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
     }
@@ -1115,13 +1111,12 @@ impl Task {
                 }
             };
             // Any layer of ours at the mountpoint, on top or not: unmount acts on the top.
-            let ours =
-                table.mounts.iter().filter(|m| m.mount_point == self.mountpoint && self.matcher.matches(m)).count();
+            let ours = table.at(&self.mountpoint).filter(|m| self.matcher.matches(m)).count();
             if ours == 0 {
                 debug!(layers, "no layer left at the mountpoint");
                 break;
             }
-            if progress.stalled(table.mounts.iter().filter(|m| m.mount_point == self.mountpoint).count()) {
+            if progress.stalled(table.at(&self.mountpoint).count()) {
                 error!(left = ours, "unmounting makes no progress: layers stay at the mountpoint");
                 break;
             }
