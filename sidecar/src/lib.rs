@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod http;
 pub mod inject;
 pub mod logging;
+pub mod mount_watch;
 pub mod mounts;
 pub mod secrets;
 pub mod settings;

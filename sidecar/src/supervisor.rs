@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::daemon::Children;
 use crate::http::{self, Registry};
+use crate::mount_watch::MountWatch;
 use crate::mounts::MountTable;
 use crate::settings::Settings;
 use crate::spec::{self, Reading, Source, Volume};
@@ -272,10 +273,10 @@ async fn check_environment(
     root: &Path,
     sys: &dyn Sys,
     check_timeout: Duration,
+    table: &MountTable,
 ) -> Result<(), RunError> {
-    let table = MountTable::read_self().map_err(RunError::MountTable)?;
     let exists = |p: &Path| p.exists();
-    for mountpoint in missing_mountpoints(volumes, root, &table, &exists) {
+    for mountpoint in missing_mountpoints(volumes, root, table, &exists) {
         std::fs::create_dir(&mountpoint)
             .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
             .map_err(|source| RunError::Setup { what: "a mountpoint under the shared SIDEMOUNT_ROOT", source })?;
@@ -290,7 +291,7 @@ async fn check_environment(
     }
     let credentials = |volume: &Volume| secrets.get(&volume.name).cloned().unwrap_or(Ok(()));
     let env = Environment {
-        table: &table,
+        table,
         has_cap_sys_admin: sys.has_cap_sys_admin(),
         fuse_device: Path::new("/dev/fuse").exists(),
         zfs_device: Path::new(zfs::DEVICE).exists(),
@@ -318,7 +319,9 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         Err(source) if !volumes.is_empty() => return Err(RunError::Root { root: settings.root.clone(), source }),
         Err(_) => false,
     };
-    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout).await?;
+    let table = MountTable::read_self().map_err(RunError::MountTable)?;
+    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout, &table).await?;
+    drop(table);
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
     }
@@ -333,7 +336,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         .map_err(|source| RunError::Listen { addr: settings.listen, source })?;
     let registry = Registry::new(sys.clone(), settings.check_timeout);
 
-    let table = watch_mount_table().map_err(|source| RunError::Setup { what: "the mount-table watch", source })?;
+    let table = MountWatch::start().map_err(|source| RunError::Setup { what: "the mount-table watch", source })?;
     let (config_tx, mut config_rx) = mpsc::channel(1);
     let _config_watch = watch_config(&settings.config, config_tx)
         .inspect_err(|err| warn!(%err, config = %settings.config.display(), "spec changes will not be noticed"))
@@ -468,7 +471,7 @@ async fn finished(loading: &mut Option<Loading>) -> (Result<Load, tokio::task::J
 struct Supervisor {
     settings: Settings,
     ctx: Context,
-    table: watch::Receiver<Arc<MountTable>>,
+    table: MountWatch,
     registry: Arc<Registry>,
     /// Running volumes with the order they were started in.
     volumes: BTreeMap<String, (u64, Handle)>,
@@ -546,8 +549,8 @@ impl Supervisor {
         self.resolve_root();
         let (config, inline) = (self.settings.config.clone(), self.settings.volumes.clone());
         let reading = if self.config_seen { Reading::Reload } else { Reading::Start };
-        let (root, sys, check_timeout) =
-            (self.settings.root.clone(), self.ctx.sys.clone(), self.settings.check_timeout);
+        let (root, sys, check_timeout, mounts) =
+            (self.settings.root.clone(), self.ctx.sys.clone(), self.settings.check_timeout, self.table.clone());
         // What runs now: only a volume that would start needs a preflight.
         let running: BTreeMap<String, Volume> =
             self.volumes.iter().map(|(name, (_, handle))| (name.clone(), handle.volume.clone())).collect();
@@ -566,9 +569,21 @@ impl Supervisor {
             });
             let mut refusals = BTreeMap::new();
             if let Loaded::Volumes(volumes) = &loaded {
-                for volume in volumes.iter().filter(|v| running.get(&v.name) != Some(*v)) {
-                    let checked = check_environment(std::slice::from_ref(volume), &root, sys.as_ref(), check_timeout);
-                    if let Err(err) = checked.await {
+                let starting: Vec<&Volume> = volumes.iter().filter(|v| running.get(&v.name) != Some(*v)).collect();
+                // One read of the table for every volume that would start.
+                let table = match starting.is_empty() {
+                    true => Ok(Default::default()),
+                    false => mounts.fresh().await,
+                };
+                for volume in starting {
+                    let checked = match &table {
+                        Ok(table) => {
+                            let one = std::slice::from_ref(volume);
+                            check_environment(one, &root, sys.as_ref(), check_timeout, table).await
+                        }
+                        Err(message) => Err(RunError::MountTable(std::io::Error::other(message.clone()))),
+                    };
+                    if let Err(err) = checked {
                         refusals.insert(volume.name.clone(), err.to_string());
                     }
                 }
@@ -804,41 +819,6 @@ impl Supervisor {
             Err(RunError::CutShort(left.join(", ")))
         }
     }
-}
-
-/// Publishes the mount table each time the kernel says it changed (`poll`
-/// on mountinfo reports POLLPRI after every mount or unmount in this namespace).
-fn watch_mount_table() -> std::io::Result<watch::Receiver<Arc<MountTable>>> {
-    let file = std::fs::File::open("/proc/self/mountinfo")?;
-    let fd = sys::watch_fd(file, Interest::PRIORITY)?;
-    let (tx, rx) = watch::channel(Arc::new(MountTable::read_self()?));
-    tokio::spawn(async move {
-        loop {
-            match fd.ready(Interest::PRIORITY).await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(err) => {
-                    error!(%err, "the mount-table watch failed");
-                    return;
-                }
-            }
-            match MountTable::read_self() {
-                Ok(table) => {
-                    tx.send_if_modified(|current| {
-                        let changed = **current != table;
-                        if changed {
-                            *current = Arc::new(table);
-                        }
-                        changed
-                    });
-                }
-                Err(err) => warn!(%err, "cannot read the mount table"),
-            }
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
 }
 
 /// Sends a message when the spec file or directory changes. The directory is

@@ -23,6 +23,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::daemon::{describe_exit, run_helper, Children, Daemon, HelperError, Launch};
+use crate::mount_watch::{MountWatch, Subscription};
 use crate::mounts::{Mount, MountTable};
 use crate::secrets::Secrets;
 use crate::spec::{Source, Volume};
@@ -166,11 +167,13 @@ pub struct Handle {
 
 impl Handle {
     /// Starts the volume's task.
-    pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: watch::Receiver<Arc<MountTable>>) -> Handle {
+    pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: MountWatch) -> Handle {
         let status = Arc::new(Mutex::new(Status::new(&volume, &mountpoint)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
         let matcher = Matcher::for_volume(&volume.source);
+        // Woken only by changes at its own paths: the mountpoint and its stage.
+        let changes = table.subscribe(&[&mountpoint, &ctx.stage.join(&volume.name)]);
         let task = Task {
             volume: volume.clone(),
             mountpoint,
@@ -178,6 +181,7 @@ impl Handle {
             ctx,
             status: status.clone(),
             table,
+            changes,
             stop: Stop::new(stop_rx),
             secret_read: Default::default(),
             writeback: None,
@@ -283,7 +287,9 @@ struct Task {
     matcher: Matcher,
     ctx: Context,
     status: SharedStatus,
-    table: watch::Receiver<Arc<MountTable>>,
+    table: MountWatch,
+    /// Changes at the mountpoint or the stage.
+    changes: Subscription,
     stop: Stop,
     /// A read of the secretDir is under way (or stuck on a hung filesystem).
     secret_read: Arc<std::sync::atomic::AtomicBool>,
@@ -441,7 +447,13 @@ impl Task {
 
     /// The newest mount table, marked seen.
     fn latest(&mut self) -> Arc<MountTable> {
-        Arc::clone(&self.table.borrow_and_update())
+        self.changes.mark_seen();
+        self.table.latest()
+    }
+
+    /// The mount table as read after this call (see [`MountWatch::fresh`]).
+    async fn fresh(&self) -> Result<Arc<MountTable>, String> {
+        self.table.fresh().await
     }
 
     fn mounted_id(&self, table: &MountTable) -> Option<i32> {
@@ -627,7 +639,7 @@ impl Task {
     /// /dev/fuse descriptor, before its exit can be seen.)
     async fn left_at_stage(&self) -> Left {
         let stage = self.stage_path();
-        match MountTable::read_self() {
+        match self.fresh().await {
             Ok(table) if table.volume_at(&stage, |m| self.matcher.matches(m)).is_some() => {}
             _ => return Left::Nothing,
         }
@@ -781,7 +793,7 @@ impl Task {
             let mounted = seen.volume_at(&watched, |m| self.matcher.matches(m)).is_some();
             // The watch may still hold a table from before the stage was cleared:
             // what it shows is confirmed with the kernel before it is acted on.
-            let fresh = if mounted { MountTable::read_self().ok() } else { None };
+            let fresh = if mounted { self.fresh().await.ok() } else { None };
             if let Some(id) =
                 fresh.as_ref().and_then(|t| t.volume_at(&watched, |m| self.matcher.matches(m))).map(|m| m.id)
             {
@@ -801,10 +813,10 @@ impl Task {
                 biased;
                 deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => {
-                    let _ = self.table.borrow_and_update();
+                    self.changes.mark_seen();
                     return Event::Exited(status);
                 }
-                changed = self.table.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                _ = self.changes.changed() => {}
                 _ = &mut deadline => return Event::TimedOut,
             }
         }
@@ -820,17 +832,14 @@ impl Task {
                 biased;
                 deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => return Event::Exited(status),
-                changed = self.table.changed() => {
-                    if changed.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+                _ = self.changes.changed() => {
                     let table = self.latest();
                     if self.mounted_id(&table) == Some(mount_id) {
                         continue;
                     }
                     // The watch may deliver a table read before our own last bind: ask the
                     // kernel again before calling the mount gone.
-                    match MountTable::read_self() {
+                    match self.fresh().await {
                         Ok(now) if self.mounted_id(&now) == Some(mount_id) => continue,
                         _ => {}
                     }
@@ -864,7 +873,7 @@ impl Task {
     /// live, so files open on it keep working. FUSE mounts are covered (see below).
     async fn clear_mountpoint(&mut self) -> Result<(), String> {
         self.matcher = Matcher::for_volume(&self.volume.source);
-        let fresh = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let fresh = self.fresh().await?;
         if self.has_daemon() {
             // A FUSE mount at the mountpoint may have been bound by the container
             // runtime into an app that started after it (the native-sidecar order): that
@@ -901,12 +910,11 @@ impl Task {
     async fn wait_table(&mut self, done: impl Fn(&MountTable) -> bool, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if done(&self.table.borrow_and_update()) {
+            if done(&self.latest()) {
                 return true;
             }
-            match tokio::time::timeout_at(until, self.table.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return false,
+            if tokio::time::timeout_at(until, self.changes.changed()).await.is_err() {
+                return false;
             }
         }
     }
@@ -928,7 +936,7 @@ impl Task {
         let stage = self.stage_path();
         let mut progress = Progress::default();
         loop {
-            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            let table = self.fresh().await?;
             let left = table.at(&stage).count();
             if left == 0 {
                 return Ok(());
@@ -962,7 +970,7 @@ impl Task {
     async fn trim_layers(&self) -> Result<(), String> {
         let mut progress = Progress::default();
         loop {
-            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            let table = self.fresh().await?;
             let stack = table.stack_at(&self.mountpoint);
             let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
             let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
@@ -991,7 +999,7 @@ impl Task {
     async fn attach(&mut self) -> Result<i32, String> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
-        let before = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let before = self.fresh().await?;
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
@@ -1004,7 +1012,7 @@ impl Task {
             Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
             Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
         }
-        let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let table = self.fresh().await?;
         self.mounted_id(&table).ok_or_else(|| {
             let here: Vec<String> =
                 table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
@@ -1103,7 +1111,7 @@ impl Task {
         let mut layers = 0;
         let mut progress = Progress::default();
         loop {
-            let table = match MountTable::read_self() {
+            let table = match self.fresh().await {
                 Ok(table) => table,
                 Err(err) => {
                     error!(%err, "cannot read the mount table; the volume may stay mounted");
