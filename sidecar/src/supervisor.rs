@@ -161,6 +161,9 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
     Ok(())
 }
 
+/// Where in the stage the FUSE control filesystem is mounted.
+const FUSE_CONTROL: &str = ".fusectl";
+
 /// How long after a spec that could not be read (mid-write) it is read once
 /// more, in case the write finished without a further event.
 const REREAD_AFTER: Duration = Duration::from_secs(1);
@@ -435,7 +438,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     result
 }
 
-/// Checks every volume each `interval`, in its own task.
+/// Checks the volumes each `interval`, in its own task (see `volume::check_when_needed`).
 fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -443,7 +446,7 @@ fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::
         ticker.reset();
         loop {
             ticker.tick().await;
-            registry.check_all().await;
+            registry.check_idle().await;
         }
     })
 }
@@ -521,6 +524,17 @@ impl Supervisor {
         }
         self.ctx.sys.private_tmpfs(&stage).map_err(|e| setup(e.into()))?;
         debug!(stage = %stage.display(), "staging directory ready");
+        // The FUSE connections, where the periodic check sees whether a daemon has
+        // requests waiting; inside the private stage, it propagates nowhere. A dot
+        // name is no volume's (volume names are DNS labels).
+        let control = stage.join(FUSE_CONTROL);
+        match std::fs::create_dir(&control)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.ctx.sys.fuse_control(&control).map_err(|e| e.to_string()))
+        {
+            Ok(()) => self.registry.set_fuse_connections(control),
+            Err(err) => debug!(%err, "no fusectl: the periodic check asks every daemon"),
+        }
         self.ctx.stage = stage;
         self.stage_ready = true;
         Ok(())

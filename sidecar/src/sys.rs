@@ -49,6 +49,12 @@ pub trait Sys: Send + Sync + 'static {
     fn remount_bind(&self, _target: &Path, _flags: MsFlags) -> Result<(), Errno> {
         Err(Errno::ENOSYS)
     }
+    /// Mounts the FUSE control filesystem (fusectl) at `target`: a directory per
+    /// FUSE connection, named by its device number, whose `waiting` file counts
+    /// the requests the daemon has not answered yet.
+    fn fuse_control(&self, _target: &Path) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
 }
 
 /// The real kernel.
@@ -107,6 +113,11 @@ impl Sys for Kernel {
             flags |= MsFlags::MS_STRICTATIME;
         }
         Ok(flags)
+    }
+
+    fn fuse_control(&self, target: &Path) -> Result<(), Errno> {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        nix::mount::mount(Some("fusectl"), target, Some("fusectl"), flags, None::<&str>)
     }
 
     fn remount_bind(&self, target: &Path, flags: MsFlags) -> Result<(), Errno> {

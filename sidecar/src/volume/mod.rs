@@ -98,6 +98,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Counts mounts; a check started on an earlier mount does not speak for this one.
     pub generation: u64,
+    /// The FUSE connection serving the mount (its device number, as fusectl names it).
+    pub connection: Option<u64>,
 }
 
 impl Status {
@@ -115,6 +117,7 @@ impl Status {
             errors: 0,
             last_error: None,
             generation: 0,
+            connection: None,
         }
     }
 
@@ -589,11 +592,16 @@ impl Task {
             }
         };
 
+        let connection = match self.has_daemon() {
+            true => self.table.latest().at(&self.mountpoint).find(|m| m.id == mount_id).map(|m| fuse_connection(m.dev)),
+            false => None,
+        };
         self.set(|s| {
             s.phase = Phase::Ready;
             s.responsive = false;
             s.check_started = None;
             s.generation += 1;
+            s.connection = connection;
         });
         let answering = check(&self.status, &self.ctx.sys, self.ctx.check_timeout).await;
         info!(pid, answering, "mounted");
@@ -1340,6 +1348,39 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
     statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
 }
 
+/// The periodic check, which asks a daemon only when its answer can be in
+/// doubt. The kernel counts the requests each FUSE connection has sent its
+/// daemon and not had answered (fusectl's `waiting`, read without involving the
+/// daemon): a volume that answered its last check and has none waiting is
+/// ready, and its daemon is left asleep. Every other volume (requests waiting,
+/// not answering before, not FUSE, no fusectl) is checked with bounded `statfs`
+/// calls as [`check_many`] does. A hung daemon is found as soon as anything
+/// waits on it; an idle supervisor with idle volumes wakes once per interval.
+pub async fn check_when_needed(
+    statuses: &[SharedStatus],
+    sys: &Arc<dyn Sys>,
+    timeout: Duration,
+    connections: Option<&Path>,
+) -> bool {
+    let quiet = |s: &Status| {
+        let (Some(dir), Some(connection)) = (connections, s.connection) else { return false };
+        let waiting = std::fs::read_to_string(dir.join(connection.to_string()).join("waiting"));
+        s.is_ready() && s.check_started.is_none() && waiting.is_ok_and(|w| w.trim() == "0")
+    };
+    let asked: Vec<SharedStatus> =
+        statuses.iter().filter(|s| !quiet(&s.lock().expect("status lock"))).cloned().collect();
+    if !asked.is_empty() {
+        check_many(&asked, sys, timeout).await;
+    }
+    statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
+}
+
+/// The name fusectl gives a connection: the kernel's device number of its
+/// superblock (`major << 20 | minor`).
+pub fn fuse_connection((major, minor): (u32, u32)) -> u64 {
+    (u64::from(major) << 20) | u64::from(minor)
+}
+
 fn record_check(s: &mut Status, result: Result<(), String>) {
     match result {
         Ok(()) => {
@@ -1435,6 +1476,56 @@ mod tests {
         let started = Instant::now();
         check_many(&statuses, &sys, timeout).await;
         assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
+    }
+
+    /// Counts statfs calls.
+    #[derive(Default)]
+    struct CountingSys(std::sync::atomic::AtomicUsize);
+    impl Sys for CountingSys {
+        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn statfs(&self, _: &Path) -> Result<(), Errno> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn has_cap_sys_admin(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_periodic_check_asks_only_daemons_with_requests_waiting() {
+        let counting = Arc::new(CountingSys::default());
+        let sys: Arc<dyn Sys> = counting.clone();
+        let control = tempfile::tempdir().unwrap();
+        for (connection, waiting) in [(41, "0\n"), (42, "3\n")] {
+            std::fs::create_dir(control.path().join(connection.to_string())).unwrap();
+            std::fs::write(control.path().join(connection.to_string()).join("waiting"), waiting).unwrap();
+        }
+        let (quiet, busy, unknown) = (ready("quiet"), ready("busy"), ready("unknown"));
+        quiet.lock().unwrap().connection = Some(41);
+        busy.lock().unwrap().connection = Some(42);
+        let all = [quiet.clone(), busy.clone(), unknown.clone()];
+        let timeout = Duration::from_secs(2);
+        assert!(check_when_needed(&all, &sys, timeout, Some(control.path())).await);
+        // The busy one and the one without a known connection were asked; the quiet one not.
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Without fusectl every daemon is asked.
+        assert!(check_when_needed(&all, &sys, timeout, None).await);
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 5);
+        // One that did not answer last time is asked, waiting or not.
+        quiet.lock().unwrap().responsive = false;
+        assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(control.path())).await);
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert_eq!(fuse_connection((0, 57)), 57);
+        assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
     }
 
     #[test]
