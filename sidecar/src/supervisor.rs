@@ -161,6 +161,9 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
     Ok(())
 }
 
+/// How long the mountpoints must stay clean before a shutdown calls itself clean.
+const QUIET: Duration = Duration::from_millis(50);
+
 /// Where in the stage the FUSE control filesystem is mounted.
 const FUSE_CONTROL: &str = ".fusectl";
 
@@ -355,6 +358,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         hurry: hurry_rx,
         stage: settings.stage.clone(),
         unflushed: Default::default(),
+        stage_release: Default::default(),
     };
     let mut supervisor = Supervisor {
         settings,
@@ -791,9 +795,14 @@ impl Supervisor {
         }
         let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
+        let shared = Deadlines { shutdown: true, ..deadlines };
+        if self.stage_ready {
+            self.ctx.stage_release.arm(fuse.iter().filter(|(_, h)| !h.is_kernel_mount()).count());
+        }
         for group in [kernel, fuse] {
             let mut stopping = JoinSet::new();
             for (_, handle) in group {
+                let deadlines = if handle.is_kernel_mount() { deadlines } else { shared };
                 stopping.spawn(handle.stop(deadlines));
             }
             let all_done = async { while stopping.join_next().await.is_some() {} };
@@ -813,11 +822,19 @@ impl Supervisor {
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
         }
         // The last word is the mount table's, not the tasks': exit 0 only with
-        // nothing of ours left at any mountpoint.
-        let mounted = match MountTable::read_self() {
+        // nothing of ours left at any mountpoint, and nothing mounted there again
+        // for a moment (someone may be binding over and over).
+        let paths: Vec<&Path> = owned.iter().map(|o| o.mountpoint.as_path()).collect();
+        let mut changes = self.table.subscribe(&paths);
+        let read = || match MountTable::read_self() {
             Ok(table) => crate::volume::leftovers(&table, &owned),
             Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
         };
+        let mut mounted = read();
+        if mounted.is_empty() && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
+            mounted = read();
+        }
+        drop(changes);
         let unflushed = self.ctx.unflushed.take();
         if !unflushed.is_empty() {
             let also =

@@ -860,13 +860,17 @@ mod tests {
     #[test]
     fn the_wait_leaves_a_reserve_for_the_unmount() {
         let now = Instant::now();
-        let d = Deadlines { busy: now + Duration::from_secs(10), last: now + Duration::from_secs(19) };
+        let d = Deadlines { busy: now + Duration::from_secs(10), last: now + Duration::from_secs(19), shutdown: false };
         assert_eq!(wait_until(d, now), now + Duration::from_secs(17));
-        let d = Deadlines { busy: now + Duration::from_millis(1500), last: now + Duration::from_millis(2700) };
+        let d = Deadlines {
+            busy: now + Duration::from_millis(1500),
+            last: now + Duration::from_millis(2700),
+            shutdown: false,
+        };
         assert_eq!(wait_until(d, now), now + Duration::from_millis(2025));
-        let d = Deadlines { busy: now, last: now };
+        let d = Deadlines { busy: now, last: now, shutdown: false };
         assert_eq!(wait_until(d, now), now);
-        let late = Deadlines { busy: now, last: now };
+        let late = Deadlines { busy: now, last: now, shutdown: false };
         assert_eq!(wait_until(late, now + Duration::from_secs(1)), now + Duration::from_secs(1));
     }
 

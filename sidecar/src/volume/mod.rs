@@ -65,6 +65,55 @@ pub struct Context {
     pub stage: PathBuf,
     /// Volumes whose daemon still had writes to send when they were taken down.
     pub unflushed: Arc<flush::Unflushed>,
+    /// At shutdown: the stage's mounts go in one unmount (see [`StageRelease`]).
+    pub stage_release: Arc<StageRelease>,
+}
+
+/// Takes the daemons' mounts at the stage away in one unmount at shutdown.
+/// Unmounting is serialized in the kernel, so with a mount per daemon at the
+/// stage, one per volume at the mountpoint, a shutdown of N volumes made 2N
+/// unmounts one after another. Armed by the supervisor with the count of volumes
+/// stopping; each volume's teardown arrives once its mountpoint is clean, and
+/// the last to arrive detaches the whole stage, which ends every daemon's
+/// connection at once. A teardown that is not part of it, or for which the
+/// release failed, unmounts its own stage mount as before.
+#[derive(Debug, Default)]
+pub struct StageRelease {
+    /// Volumes yet to arrive; zero when not armed.
+    pending: std::sync::atomic::AtomicUsize,
+    /// `Some(true)` once the stage was detached, `Some(false)` if that failed.
+    done: watch::Sender<Option<bool>>,
+}
+
+impl StageRelease {
+    /// Expects `volumes` teardowns to arrive.
+    pub fn arm(&self, volumes: usize) {
+        self.pending.store(volumes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One teardown's mountpoint is clean. Returns whether the stage was
+    /// released for it: false when not armed, when the release failed, or when
+    /// the others did not arrive by `until`.
+    async fn arrive(&self, ctx: &Context, until: Instant) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Ok(before) = self.pending.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) else { return false };
+        if before == 1 {
+            let (sys, stage) = (ctx.sys.clone(), ctx.stage.clone());
+            let detached =
+                matches!(bounded(ctx.check_timeout, move || sys.unmount(&stage, Unmount::Detach)).await, Ok(Ok(())));
+            if detached {
+                debug!("detached the stage with every daemon's mount in it");
+            }
+            self.done.send_replace(Some(detached));
+            return detached;
+        }
+        let mut done = self.done.subscribe();
+        let released = match tokio::time::timeout_at(until, done.wait_for(|d| d.is_some())).await {
+            Ok(Ok(d)) => *d == Some(true),
+            _ => false,
+        };
+        released
+    }
 }
 
 /// Where a volume is in its life.
@@ -148,6 +197,8 @@ pub type SharedStatus = Arc<Mutex<Status>>;
 pub struct Deadlines {
     pub busy: Instant,
     pub last: Instant,
+    /// Part of the shutdown: the stage goes in one unmount (see [`StageRelease`]).
+    pub shutdown: bool,
 }
 
 impl Deadlines {
@@ -156,7 +207,7 @@ impl Deadlines {
     pub fn within(budget: Duration) -> Deadlines {
         let now = Instant::now();
         let margin = (budget / 10).min(Duration::from_secs(1));
-        Deadlines { busy: now + budget / 2, last: now + budget - margin }
+        Deadlines { busy: now + budget / 2, last: now + budget - margin, shutdown: false }
     }
 }
 
@@ -1177,7 +1228,9 @@ impl Task {
         if layers > 0 {
             info!(layers, "unmounted");
         }
-        if self.has_daemon() {
+        let released =
+            self.has_daemon() && deadlines.shutdown && self.ctx.stage_release.arrive(&self.ctx, deadlines.busy).await;
+        if self.has_daemon() && !released {
             // The daemon's own mount: with every bind of it gone, the daemon sees its
             // connection end, flushes and exits.
             if let Err(message) = self.release_stage(false).await {
