@@ -1467,13 +1467,15 @@ mod tests {
     }
 
     /// A kernel stand-in whose statfs hangs (for a few seconds) on every
-    /// mountpoint whose name starts with "hung".
-    struct HungSys;
+    /// mountpoint whose name starts with "hung", and counts the calls.
+    #[derive(Default)]
+    struct HungSys(std::sync::atomic::AtomicUsize);
     impl Sys for HungSys {
         fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
             Ok(())
         }
         fn statfs(&self, target: &Path) -> Result<(), Errno> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
                 std::thread::sleep(Duration::from_secs(3));
             }
@@ -1509,7 +1511,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn many_hung_volumes_cost_at_most_two_timeouts() {
-        let sys: Arc<dyn Sys> = Arc::new(HungSys);
+        let sys: Arc<dyn Sys> = Arc::new(HungSys::default());
         let timeout = Duration::from_millis(300);
         // Healthy ones before, between and after the hung ones.
         let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
@@ -1531,31 +1533,9 @@ mod tests {
         assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
     }
 
-    /// Counts statfs calls.
-    #[derive(Default)]
-    struct CountingSys(std::sync::atomic::AtomicUsize);
-    impl Sys for CountingSys {
-        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn statfs(&self, _: &Path) -> Result<(), Errno> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
-        }
-        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn has_cap_sys_admin(&self) -> bool {
-            true
-        }
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn the_periodic_check_asks_only_daemons_with_requests_waiting() {
-        let counting = Arc::new(CountingSys::default());
+        let counting = Arc::new(HungSys::default());
         let sys: Arc<dyn Sys> = counting.clone();
         let control = tempfile::tempdir().unwrap();
         for (connection, waiting) in [(41, "0\n"), (42, "3\n")] {
