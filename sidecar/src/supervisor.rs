@@ -161,8 +161,9 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
     Ok(())
 }
 
-/// How long the mountpoints must stay clean before a shutdown calls itself clean.
-const QUIET: Duration = Duration::from_millis(50);
+/// When someone mounted at a mountpoint during the shutdown: how long the
+/// mountpoints must then stay clean before the shutdown calls itself clean.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Where in the stage the FUSE control filesystem is mounted.
 const FUSE_CONTROL: &str = ".fusectl";
@@ -775,6 +776,26 @@ impl Supervisor {
         self.registry.set_volumes(statuses);
     }
 
+    /// A task that ends as soon as the count of mounts at the volumes'
+    /// mountpoints rises: someone is mounting there while they are taken down.
+    fn watch_for_rebinds(&self, owned: &[crate::volume::Owned]) -> tokio::task::JoinHandle<()> {
+        let (watch, paths) = (self.table.clone(), owned.iter().map(|o| o.mountpoint.clone()).collect::<Vec<_>>());
+        tokio::spawn(async move {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            let mut changes = watch.subscribe(&refs);
+            let count = |table: &MountTable| paths.iter().map(|p| table.at(p).count()).sum::<usize>();
+            let mut before = count(&watch.latest());
+            loop {
+                changes.changed().await;
+                let now = count(&watch.latest());
+                if now > before {
+                    return;
+                }
+                before = now;
+            }
+        })
+    }
+
     /// Takes every volume down: kernel mounts first (a leftover one would be
     /// emptied by the kubelet's recursive delete of the emptyDir), then the
     /// rest, newest first; each under the same deadlines.
@@ -793,6 +814,7 @@ impl Supervisor {
             statuses.push(status);
             owned.push(mounts);
         }
+        let rebound = self.watch_for_rebinds(&owned);
         let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
         let shared = Deadlines { shutdown: true, ..deadlines };
@@ -822,8 +844,8 @@ impl Supervisor {
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
         }
         // The last word is the mount table's, not the tasks': exit 0 only with
-        // nothing of ours left at any mountpoint, and nothing mounted there again
-        // for a moment (someone may be binding over and over).
+        // nothing of ours left at any mountpoint; and when someone mounted there
+        // during the shutdown, only once nothing came back for a while.
         let paths: Vec<&Path> = owned.iter().map(|o| o.mountpoint.as_path()).collect();
         let mut changes = self.table.subscribe(&paths);
         let read = || match MountTable::read_self() {
@@ -831,7 +853,9 @@ impl Supervisor {
             Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
         };
         let mut mounted = read();
-        if mounted.is_empty() && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
+        let churned = rebound.is_finished();
+        rebound.abort();
+        if mounted.is_empty() && churned && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
             mounted = read();
         }
         drop(changes);
