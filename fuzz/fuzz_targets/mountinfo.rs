@@ -1,6 +1,7 @@
 //! `mounts::MountTable::parse` on any bytes, then every question the supervisor
 //! asks of a table, for every mount point in it. Asserted: no panic, no endless
-//! walk (within the time bound), and a stack never holds a mount twice.
+//! walk (within the time bound), a stack never holds a mount twice, and the
+//! index by mount point answers as a scan of the table does.
 
 #![no_main]
 
@@ -21,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
         for (i, m) in stack.iter().enumerate() {
             assert!(!stack[..i].iter().any(|seen| std::ptr::eq(*seen, *m)), "a mount twice in the stack at {path:?}");
         }
+        let scanned: Vec<&Mount> = table.mounts.iter().filter(|m| m.mount_point == *path).collect();
+        assert_eq!(table.at(path).collect::<Vec<_>>(), scanned, "the index disagrees at {path:?}");
         let _ = table.holder_of(path);
         let _ = table.above_base(path, Mount::is_fuse);
         let _ = table.volume_at(path, Mount::is_fuse);

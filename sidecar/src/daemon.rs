@@ -179,14 +179,9 @@ impl Daemon {
         let tail = Arc::new(Mutex::new(Tail::default()));
         let redactor = Arc::new(Redactor::new(launch.secrets));
         let span = tracing::info_span!("daemon", pid);
-        let mut forwarders = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            let forward = forward(out, redactor.clone(), tail.clone());
-            forwarders.push(tokio::spawn(forward.instrument(span.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            forwarders.push(tokio::spawn(forward(err, redactor, tail.clone()).instrument(span)));
-        }
+        // One task and one buffer for both pipes: an idle daemon costs a few KiB.
+        let forward = forward(child.stdout.take(), child.stderr.take(), redactor, tail.clone());
+        let forwarders = vec![tokio::spawn(forward.instrument(span))];
         Ok(Daemon { child, pid, tail, forwarders })
     }
 
@@ -222,15 +217,62 @@ impl Daemon {
     }
 }
 
-/// Logs a pipe's output line by line until it closes: lossily (invalid UTF-8
-/// becomes U+FFFD), secrets blanked, long lines cut. It never stops early: a pipe
-/// closed under a daemon kills it with SIGPIPE at its next write.
-async fn forward<R: tokio::io::AsyncRead + Unpin>(reader: R, redactor: Arc<Redactor>, tail: Arc<Mutex<Tail>>) {
-    drain_lines(reader, &redactor, |line| {
-        tracing::info!(target: "sidemount::daemon", "{line}");
-        tail.lock().expect("tail lock").push(&line);
-    })
-    .await;
+/// Logs a daemon's output (stdout and stderr) line by line until both pipes
+/// close: lossily (invalid UTF-8 becomes U+FFFD), secrets blanked, long lines
+/// cut. It never stops early: a pipe closed under a daemon kills it with SIGPIPE
+/// at its next write.
+async fn forward<O, E>(mut out: Option<O>, mut err: Option<E>, redactor: Arc<Redactor>, tail: Arc<Mutex<Tail>>)
+where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
+    let mut on_line = |raw: &[u8]| {
+        if let Some(line) = redactor.render_line(raw) {
+            tracing::info!(target: "sidemount::daemon", "{line}");
+            tail.lock().expect("tail lock").push(&line);
+        }
+    };
+    let (mut out_lines, mut err_lines) = (Lines::new(redactor.lookahead()), Lines::new(redactor.lookahead()));
+    let mut buf = vec![0u8; 2 * PIPE_READ];
+    let (out_buf, err_buf) = buf.split_at_mut(PIPE_READ);
+    while out.is_some() || err.is_some() {
+        tokio::select! {
+            read = read_some(&mut out, out_buf) => match read {
+                Some(n) => out_lines.feed(&out_buf[..n], &mut on_line),
+                None => {
+                    out = None;
+                    out_lines.finish(&mut on_line);
+                }
+            },
+            read = read_some(&mut err, err_buf) => match read {
+                Some(n) => err_lines.feed(&err_buf[..n], &mut on_line),
+                None => {
+                    err = None;
+                    err_lines.finish(&mut on_line);
+                }
+            },
+        }
+    }
+}
+
+/// How much of one pipe is read at a time.
+const PIPE_READ: usize = 4096;
+
+/// The next bytes of an open pipe (their count), or None once it is closed or
+/// failed; never resolves for a pipe already closed.
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    let Some(reader) = pipe.as_mut() else { return std::future::pending().await };
+    loop {
+        match reader.read(buf).await {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                tracing::debug!(%err, "output pipe failed");
+                return None;
+            }
+        }
+    }
 }
 
 /// Reads `reader` to its end and hands each non-blank line to `on_line`, rendered

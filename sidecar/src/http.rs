@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::sys::Sys;
-use crate::volume::{check_many, SharedStatus};
+use crate::volume::{check_many, check_when_needed, SharedStatus};
 
 /// What the endpoints report: the supervisor updates it, requests read it.
 pub struct Registry {
@@ -27,6 +27,8 @@ pub struct Registry {
     pub connections_refused: AtomicU64,
     sys: Arc<dyn Sys>,
     check_timeout: Duration,
+    /// Where the FUSE connections can be looked at (a fusectl mount), once known.
+    fuse_connections: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Registry {
@@ -39,6 +41,7 @@ impl Registry {
             connections_refused: AtomicU64::new(0),
             sys,
             check_timeout,
+            fuse_connections: std::sync::OnceLock::new(),
         })
     }
 
@@ -56,6 +59,17 @@ impl Registry {
 
     pub fn config_error(&self) -> Option<String> {
         self.config_error.lock().expect("registry lock").clone()
+    }
+
+    /// Says where the FUSE connections can be looked at (see [`check_when_needed`]).
+    pub fn set_fuse_connections(&self, dir: std::path::PathBuf) {
+        let _ = self.fuse_connections.set(dir);
+    }
+
+    /// The periodic check: asks only the volumes that need it (see [`check_when_needed`]).
+    pub async fn check_idle(&self) -> bool {
+        let connections = self.fuse_connections.get().map(|d| d.as_path());
+        check_when_needed(&self.volumes(), &self.sys, self.check_timeout, connections).await
     }
 
     /// Checks every volume at once; ready when all are mounted and answering.

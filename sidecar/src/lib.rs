@@ -6,6 +6,7 @@ pub mod exit;
 pub mod http;
 pub mod inject;
 pub mod logging;
+pub mod mount_watch;
 pub mod mounts;
 pub mod secrets;
 pub mod settings;

@@ -156,6 +156,7 @@ fn serve_webhook(settings: Settings) -> ExitCode {
 }
 
 fn run(settings: Settings) -> ExitCode {
+    sys::limit_malloc_arenas();
     logging::init(&settings.log, settings.log_format);
     // One thread: the work is waiting on events; filesystem calls that may
     // block get threads of their own (see `sys::bounded`).

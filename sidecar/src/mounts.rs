@@ -2,17 +2,17 @@
 //! questions the supervisor asks of it (what is mounted at a path, which mount
 //! holds it, is that mount shared, what was left there by an earlier instance).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-
-use procfs::FromBufRead;
 
 /// One line of mountinfo, reduced to what sidemount decides with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub id: i32,
     pub parent_id: i32,
+    /// The filesystem's device number (`major:minor`).
+    pub dev: (u32, u32),
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -29,54 +29,75 @@ impl Mount {
     }
 }
 
-/// A snapshot of the mount table, in the kernel's order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A snapshot of the mount table, in the kernel's order, indexed by mount
+/// point: every question about one path costs the mounts at that path, not
+/// the whole table.
+#[derive(Debug, Clone, Default)]
 pub struct MountTable {
     pub mounts: Vec<Mount>,
+    /// The indices into `mounts` of the mounts at each mount point, in order.
+    by_point: HashMap<PathBuf, Vec<usize>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot parse mountinfo: {0}")]
-pub struct ParseError(#[from] procfs::ProcError);
+impl PartialEq for MountTable {
+    fn eq(&self, other: &MountTable) -> bool {
+        self.mounts == other.mounts
+    }
+}
+
+impl Eq for MountTable {}
+
+/// A line of mountinfo that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot parse mountinfo: line {line}: {what}")]
+pub struct ParseError {
+    pub line: usize,
+    pub what: &'static str,
+}
 
 impl MountTable {
-    pub fn parse<R: BufRead>(reader: R) -> Result<MountTable, ParseError> {
-        let infos = procfs::process::MountInfos::from_buf_read(reader)?;
-        let mounts = infos
-            .into_iter()
-            .map(|m| {
-                let mut shared = None;
-                let mut master = None;
-                for field in &m.opt_fields {
-                    match field {
-                        procfs::process::MountOptFields::Shared(id) => shared = Some(*id),
-                        procfs::process::MountOptFields::Master(id) => master = Some(*id),
-                        _ => {}
-                    }
-                }
-                Mount {
-                    id: m.mnt_id,
-                    // procfs calls the parent id `pid`.
-                    parent_id: m.pid,
-                    mount_point: PathBuf::from(unescape(&m.mount_point.to_string_lossy())),
-                    fs_type: m.fs_type,
-                    source: m.mount_source.unwrap_or_default(),
-                    shared,
-                    master,
-                }
-            })
-            .collect();
-        Ok(MountTable { mounts })
+    pub fn parse<R: BufRead>(mut reader: R) -> Result<MountTable, ParseError> {
+        let mut text = Vec::new();
+        reader.read_to_end(&mut text).map_err(|_| ParseError { line: 0, what: "cannot be read" })?;
+        MountTable::parse_bytes(&text)
+    }
+
+    /// Parses mountinfo text: `id parent major:minor root mount_point options
+    /// [optional fields...] - fstype source superoptions` per line. Blank lines
+    /// are skipped; any other line missing a field is an error.
+    pub fn parse_bytes(text: &[u8]) -> Result<MountTable, ParseError> {
+        let mut mounts = Vec::with_capacity(text.iter().filter(|&&b| b == b'\n').count() + 1);
+        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            mounts.push(parse_line(line).map_err(|what| ParseError { line: n + 1, what })?);
+        }
+        Ok(MountTable::from_mounts(mounts))
+    }
+
+    /// A table of these mounts, in this order.
+    pub fn from_mounts(mounts: Vec<Mount>) -> MountTable {
+        let mut by_point: HashMap<PathBuf, Vec<usize>> = HashMap::with_capacity(mounts.len());
+        for (i, m) in mounts.iter().enumerate() {
+            by_point.entry(m.mount_point.clone()).or_default().push(i);
+        }
+        MountTable { mounts, by_point }
     }
 
     pub fn read_self() -> Result<MountTable, std::io::Error> {
-        let file = std::fs::File::open("/proc/self/mountinfo")?;
-        MountTable::parse(std::io::BufReader::new(file)).map_err(std::io::Error::other)
+        let text = std::fs::read("/proc/self/mountinfo")?;
+        MountTable::parse_bytes(&text).map_err(std::io::Error::other)
+    }
+
+    /// Every mount made at `path`, in the kernel's order.
+    pub fn at<'a>(&'a self, path: &Path) -> impl Iterator<Item = &'a Mount> + 'a {
+        self.by_point.get(path).into_iter().flatten().map(|&i| &self.mounts[i])
     }
 
     /// The mounts made exactly at `path`, bottom first.
     pub fn stack_at(&self, path: &Path) -> Vec<&Mount> {
-        let here: Vec<&Mount> = self.mounts.iter().filter(|m| m.mount_point == path).collect();
+        let here: Vec<&Mount> = self.at(path).collect();
         let ids: HashSet<i32> = here.iter().map(|m| m.id).collect();
         // The bottom of the stack is the one whose parent is not at the same path;
         // each mount above has the one below it as parent.
@@ -120,8 +141,49 @@ impl MountTable {
 
     /// True when `path` is the mount point of anything.
     pub fn is_mount_point(&self, path: &Path) -> bool {
-        self.mounts.iter().any(|m| m.mount_point == path)
+        self.by_point.contains_key(path)
     }
+}
+
+/// One line of mountinfo, or what is wrong with it.
+fn parse_line(line: &[u8]) -> Result<Mount, &'static str> {
+    // Single spaces apart: an empty field (a mount without a source) is a field.
+    let mut fields = line.split(|&b| b == b' ');
+    let mut next = |what: &'static str| fields.next().ok_or(what);
+    let id = number(next("no mount id")?).ok_or("the mount id is not a number")?;
+    let parent_id = number(next("no parent id")?).ok_or("the parent id is not a number")?;
+    let dev = next("no device number")?;
+    let dev = dev
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|colon| Some((number(&dev[..colon])?, number(&dev[colon + 1..])?)))
+        .ok_or("the device number is not major:minor")?;
+    let _root = next("no root")?;
+    let mount_point = PathBuf::from(unescape(&String::from_utf8_lossy(next("no mount point")?)));
+    let _options = next("no mount options")?;
+    let (mut shared, mut master) = (None, None);
+    loop {
+        let field = next("no `-` ending the optional fields")?;
+        if field == b"-" {
+            break;
+        }
+        if let Some(group) = field.strip_prefix(b"shared:") {
+            shared = number(group);
+        } else if let Some(group) = field.strip_prefix(b"master:") {
+            master = number(group);
+        }
+    }
+    let fs_type = String::from_utf8_lossy(next("no filesystem type")?).into_owned();
+    let source = String::from_utf8_lossy(next("no mount source")?).into_owned();
+    Ok(Mount { id, parent_id, dev, mount_point, fs_type, source, shared, master })
+}
+
+/// A decimal number of mountinfo (ids are non-negative).
+fn number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+    if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`). An
@@ -222,6 +284,41 @@ mod tests {
         let ids: Vec<i32> = t.stack_at(Path::new("/m")).iter().map(|m| m.id).collect();
         assert_eq!(ids, [5, 6, 5]);
         assert_eq!(t.above_base(Path::new("/m"), Mount::is_fuse).len(), 3);
+    }
+
+    #[test]
+    fn parses_each_field_and_refuses_a_line_short_of_one() {
+        let text = "1 0 0:1 / / rw - ext4 /dev/a rw\n\n\
+                    7 1 259:3 / /with\\040space rw,nosuid shared:4 master:2 unbindable - fuse.bindfs  rw\n";
+        let t = MountTable::parse_bytes(text.as_bytes()).unwrap();
+        assert_eq!(t.mounts.len(), 2);
+        let m = &t.mounts[1];
+        assert_eq!((m.id, m.parent_id, m.dev), (7, 1, (259, 3)));
+        assert_eq!(m.mount_point, Path::new("/with space"));
+        assert_eq!((m.shared, m.master), (Some(4), Some(2)));
+        assert_eq!((m.fs_type.as_str(), m.source.as_str()), ("fuse.bindfs", ""), "an empty source is a field");
+        assert_eq!(t.at(Path::new("/with space")).count(), 1);
+        assert!(t.is_mount_point(Path::new("/")) && !t.is_mount_point(Path::new("/with")));
+        for (bad, what) in [
+            ("x 0 0:1 / / rw - ext4 a rw", "the mount id is not a number"),
+            ("1 -2 0:1 / / rw - ext4 a rw", "the parent id is not a number"),
+            ("1 0 01 / / rw - ext4 a rw", "the device number is not major:minor"),
+            ("1 0 0:1 / / rw shared:1 ext4 a rw", "no `-` ending the optional fields"),
+            ("1 0 0:1 / / rw -", "no filesystem type"),
+            ("1 0 0:1 /", "no mount point"),
+        ] {
+            let text = format!("1 0 0:1 / / rw - ext4 a rw\n{bad}\n");
+            assert_eq!(MountTable::parse_bytes(text.as_bytes()), Err(ParseError { line: 2, what }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_index_answers_like_a_scan_of_the_table() {
+        let t = table("sidecar-leftovers");
+        for m in &t.mounts {
+            let scanned: Vec<&Mount> = t.mounts.iter().filter(|o| o.mount_point == m.mount_point).collect();
+            assert_eq!(t.at(&m.mount_point).collect::<Vec<_>>(), scanned);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::daemon::Children;
 use crate::http::{self, Registry};
+use crate::mount_watch::MountWatch;
 use crate::mounts::MountTable;
 use crate::settings::Settings;
 use crate::spec::{self, Reading, Source, Volume};
@@ -160,6 +161,13 @@ pub fn preflight(volumes: &[Volume], root: &Path, env: &Environment<'_>) -> Resu
     Ok(())
 }
 
+/// When someone mounted at a mountpoint during the shutdown: how long the
+/// mountpoints must then stay clean before the shutdown calls itself clean.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Where in the stage the FUSE control filesystem is mounted.
+const FUSE_CONTROL: &str = ".fusectl";
+
 /// How long after a spec that could not be read (mid-write) it is read once
 /// more, in case the write finished without a further event.
 const REREAD_AFTER: Duration = Duration::from_secs(1);
@@ -272,10 +280,10 @@ async fn check_environment(
     root: &Path,
     sys: &dyn Sys,
     check_timeout: Duration,
+    table: &MountTable,
 ) -> Result<(), RunError> {
-    let table = MountTable::read_self().map_err(RunError::MountTable)?;
     let exists = |p: &Path| p.exists();
-    for mountpoint in missing_mountpoints(volumes, root, &table, &exists) {
+    for mountpoint in missing_mountpoints(volumes, root, table, &exists) {
         std::fs::create_dir(&mountpoint)
             .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
             .map_err(|source| RunError::Setup { what: "a mountpoint under the shared SIDEMOUNT_ROOT", source })?;
@@ -290,7 +298,7 @@ async fn check_environment(
     }
     let credentials = |volume: &Volume| secrets.get(&volume.name).cloned().unwrap_or(Ok(()));
     let env = Environment {
-        table: &table,
+        table,
         has_cap_sys_admin: sys.has_cap_sys_admin(),
         fuse_device: Path::new("/dev/fuse").exists(),
         zfs_device: Path::new(zfs::DEVICE).exists(),
@@ -318,7 +326,9 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         Err(source) if !volumes.is_empty() => return Err(RunError::Root { root: settings.root.clone(), source }),
         Err(_) => false,
     };
-    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout).await?;
+    let table = MountTable::read_self().map_err(RunError::MountTable)?;
+    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout, &table).await?;
+    drop(table);
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
     }
@@ -333,7 +343,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         .map_err(|source| RunError::Listen { addr: settings.listen, source })?;
     let registry = Registry::new(sys.clone(), settings.check_timeout);
 
-    let table = watch_mount_table().map_err(|source| RunError::Setup { what: "the mount-table watch", source })?;
+    let table = MountWatch::start().map_err(|source| RunError::Setup { what: "the mount-table watch", source })?;
     let (config_tx, mut config_rx) = mpsc::channel(1);
     let _config_watch = watch_config(&settings.config, config_tx)
         .inspect_err(|err| warn!(%err, config = %settings.config.display(), "spec changes will not be noticed"))
@@ -349,6 +359,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         hurry: hurry_rx,
         stage: settings.stage.clone(),
         unflushed: Default::default(),
+        stage_release: Default::default(),
     };
     let mut supervisor = Supervisor {
         settings,
@@ -432,7 +443,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     result
 }
 
-/// Checks every volume each `interval`, in its own task.
+/// Checks the volumes each `interval`, in its own task (see `volume::check_when_needed`).
 fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -440,7 +451,7 @@ fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::
         ticker.reset();
         loop {
             ticker.tick().await;
-            registry.check_all().await;
+            registry.check_idle().await;
         }
     })
 }
@@ -468,7 +479,7 @@ async fn finished(loading: &mut Option<Loading>) -> (Result<Load, tokio::task::J
 struct Supervisor {
     settings: Settings,
     ctx: Context,
-    table: watch::Receiver<Arc<MountTable>>,
+    table: MountWatch,
     registry: Arc<Registry>,
     /// Running volumes with the order they were started in.
     volumes: BTreeMap<String, (u64, Handle)>,
@@ -518,6 +529,17 @@ impl Supervisor {
         }
         self.ctx.sys.private_tmpfs(&stage).map_err(|e| setup(e.into()))?;
         debug!(stage = %stage.display(), "staging directory ready");
+        // The FUSE connections, where the periodic check sees whether a daemon has
+        // requests waiting; inside the private stage, it propagates nowhere. A dot
+        // name is no volume's (volume names are DNS labels).
+        let control = stage.join(FUSE_CONTROL);
+        match std::fs::create_dir(&control)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.ctx.sys.fuse_control(&control).map_err(|e| e.to_string()))
+        {
+            Ok(()) => self.registry.set_fuse_connections(control),
+            Err(err) => debug!(%err, "no fusectl: the periodic check asks every daemon"),
+        }
         self.ctx.stage = stage;
         self.stage_ready = true;
         Ok(())
@@ -546,8 +568,8 @@ impl Supervisor {
         self.resolve_root();
         let (config, inline) = (self.settings.config.clone(), self.settings.volumes.clone());
         let reading = if self.config_seen { Reading::Reload } else { Reading::Start };
-        let (root, sys, check_timeout) =
-            (self.settings.root.clone(), self.ctx.sys.clone(), self.settings.check_timeout);
+        let (root, sys, check_timeout, mounts) =
+            (self.settings.root.clone(), self.ctx.sys.clone(), self.settings.check_timeout, self.table.clone());
         // What runs now: only a volume that would start needs a preflight.
         let running: BTreeMap<String, Volume> =
             self.volumes.iter().map(|(name, (_, handle))| (name.clone(), handle.volume.clone())).collect();
@@ -566,9 +588,21 @@ impl Supervisor {
             });
             let mut refusals = BTreeMap::new();
             if let Loaded::Volumes(volumes) = &loaded {
-                for volume in volumes.iter().filter(|v| running.get(&v.name) != Some(*v)) {
-                    let checked = check_environment(std::slice::from_ref(volume), &root, sys.as_ref(), check_timeout);
-                    if let Err(err) = checked.await {
+                let starting: Vec<&Volume> = volumes.iter().filter(|v| running.get(&v.name) != Some(*v)).collect();
+                // One read of the table for every volume that would start.
+                let table = match starting.is_empty() {
+                    true => Ok(Default::default()),
+                    false => mounts.fresh().await,
+                };
+                for volume in starting {
+                    let checked = match &table {
+                        Ok(table) => {
+                            let one = std::slice::from_ref(volume);
+                            check_environment(one, &root, sys.as_ref(), check_timeout, table).await
+                        }
+                        Err(message) => Err(RunError::MountTable(std::io::Error::other(message.clone()))),
+                    };
+                    if let Err(err) = checked {
                         refusals.insert(volume.name.clone(), err.to_string());
                     }
                 }
@@ -742,6 +776,26 @@ impl Supervisor {
         self.registry.set_volumes(statuses);
     }
 
+    /// A task that ends as soon as the count of mounts at the volumes'
+    /// mountpoints rises: someone is mounting there while they are taken down.
+    fn watch_for_rebinds(&self, owned: &[crate::volume::Owned]) -> tokio::task::JoinHandle<()> {
+        let (watch, paths) = (self.table.clone(), owned.iter().map(|o| o.mountpoint.clone()).collect::<Vec<_>>());
+        tokio::spawn(async move {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            let mut changes = watch.subscribe(&refs);
+            let count = |table: &MountTable| paths.iter().map(|p| table.at(p).count()).sum::<usize>();
+            let mut before = count(&watch.latest());
+            loop {
+                changes.changed().await;
+                let now = count(&watch.latest());
+                if now > before {
+                    return;
+                }
+                before = now;
+            }
+        })
+    }
+
     /// Takes every volume down: kernel mounts first (a leftover one would be
     /// emptied by the kubelet's recursive delete of the emptyDir), then the
     /// rest, newest first; each under the same deadlines.
@@ -760,11 +814,17 @@ impl Supervisor {
             statuses.push(status);
             owned.push(mounts);
         }
+        let rebound = self.watch_for_rebinds(&owned);
         let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
+        let shared = Deadlines { shutdown: true, ..deadlines };
+        if self.stage_ready {
+            self.ctx.stage_release.arm(fuse.iter().filter(|(_, h)| !h.is_kernel_mount()).count());
+        }
         for group in [kernel, fuse] {
             let mut stopping = JoinSet::new();
             for (_, handle) in group {
+                let deadlines = if handle.is_kernel_mount() { deadlines } else { shared };
                 stopping.spawn(handle.stop(deadlines));
             }
             let all_done = async { while stopping.join_next().await.is_some() {} };
@@ -784,11 +844,21 @@ impl Supervisor {
             let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
         }
         // The last word is the mount table's, not the tasks': exit 0 only with
-        // nothing of ours left at any mountpoint.
-        let mounted = match MountTable::read_self() {
+        // nothing of ours left at any mountpoint; and when someone mounted there
+        // during the shutdown, only once nothing came back for a while.
+        let paths: Vec<&Path> = owned.iter().map(|o| o.mountpoint.as_path()).collect();
+        let mut changes = self.table.subscribe(&paths);
+        let read = || match MountTable::read_self() {
             Ok(table) => crate::volume::leftovers(&table, &owned),
             Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
         };
+        let mut mounted = read();
+        let churned = rebound.is_finished();
+        rebound.abort();
+        if mounted.is_empty() && churned && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
+            mounted = read();
+        }
+        drop(changes);
         let unflushed = self.ctx.unflushed.take();
         if !unflushed.is_empty() {
             let also =
@@ -804,41 +874,6 @@ impl Supervisor {
             Err(RunError::CutShort(left.join(", ")))
         }
     }
-}
-
-/// Publishes the mount table each time the kernel says it changed (`poll`
-/// on mountinfo reports POLLPRI after every mount or unmount in this namespace).
-fn watch_mount_table() -> std::io::Result<watch::Receiver<Arc<MountTable>>> {
-    let file = std::fs::File::open("/proc/self/mountinfo")?;
-    let fd = sys::watch_fd(file, Interest::PRIORITY)?;
-    let (tx, rx) = watch::channel(Arc::new(MountTable::read_self()?));
-    tokio::spawn(async move {
-        loop {
-            match fd.ready(Interest::PRIORITY).await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(err) => {
-                    error!(%err, "the mount-table watch failed");
-                    return;
-                }
-            }
-            match MountTable::read_self() {
-                Ok(table) => {
-                    tx.send_if_modified(|current| {
-                        let changed = **current != table;
-                        if changed {
-                            *current = Arc::new(table);
-                        }
-                        changed
-                    });
-                }
-                Err(err) => warn!(%err, "cannot read the mount table"),
-            }
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
 }
 
 /// Sends a message when the spec file or directory changes. The directory is

@@ -3,8 +3,8 @@
 //!
 //! Every call that touches a mountpoint can block forever on a hung FUSE daemon
 //! (the kernel waits for the daemon's answer), so callers go through
-//! [`bounded`], which runs the call on its own thread and gives up at a
-//! deadline. A stuck thread stays stuck until the kernel lets go, so the
+//! [`bounded`], which runs the call on a thread of a small pool and gives up
+//! at a deadline. A stuck thread stays stuck until the kernel lets go, so the
 //! supervisor keeps at most one outstanding check per volume.
 
 use std::path::Path;
@@ -47,6 +47,12 @@ pub trait Sys: Send + Sync + 'static {
     /// afterwards, and their propagated copies, carry the same flags; the flags of
     /// binds made before do not change.
     fn remount_bind(&self, _target: &Path, _flags: MsFlags) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+    /// Mounts the FUSE control filesystem (fusectl) at `target`: a directory per
+    /// FUSE connection, named by its device number, whose `waiting` file counts
+    /// the requests the daemon has not answered yet.
+    fn fuse_control(&self, _target: &Path) -> Result<(), Errno> {
         Err(Errno::ENOSYS)
     }
 }
@@ -109,6 +115,11 @@ impl Sys for Kernel {
         Ok(flags)
     }
 
+    fn fuse_control(&self, target: &Path) -> Result<(), Errno> {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        nix::mount::mount(Some("fusectl"), target, Some("fusectl"), flags, None::<&str>)
+    }
+
     fn remount_bind(&self, target: &Path, flags: MsFlags) -> Result<(), Errno> {
         // MS_REMOUNT|MS_BIND changes only this mount's flags, not the superblock's.
         nix::mount::mount(
@@ -126,23 +137,113 @@ impl Sys for Kernel {
 #[error("no answer within {0:?}")]
 pub struct TimedOut(pub Duration);
 
-/// Runs `call` on a thread of its own and waits for it at most `deadline`.
-/// The thread is left behind if the kernel never returns; it exits when it does.
+/// Runs `call` on a thread of the bounded-call pool and waits for it at most
+/// `deadline`. A thread stuck in the kernel is left behind and stays out of the
+/// pool; it finishes when the kernel returns.
 pub async fn bounded<T, F>(deadline: Duration, call: F) -> Result<T, TimedOut>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("sidemount-fscall".into()).stack_size(64 * 1024).spawn(move || {
-        let _ = tx.send(call());
-    });
-    if spawned.is_err() {
+    if pool::run(Box::new(move || drop(tx.send(call())))).is_err() {
         return Err(TimedOut(Duration::ZERO));
     }
     match tokio::time::timeout(deadline, rx).await {
         Ok(Ok(value)) => Ok(value),
         _ => Err(TimedOut(deadline)),
+    }
+}
+
+/// The threads of bounded calls. A thread that finished a call waits a while
+/// for the next one instead of exiting, so a burst of calls (a start or a
+/// shutdown of many volumes) reuses a few threads instead of creating one per
+/// call; a thread idle for [`pool::IDLE_EXIT`] exits, so an idle supervisor
+/// keeps none.
+mod pool {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    pub type Job = Box<dyn FnOnce() + Send>;
+
+    /// How long a thread waits for its next call.
+    pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+    /// Idle threads kept at most; one more exits when done.
+    const MAX_IDLE: usize = 4;
+
+    /// An idle thread: its id, and where to hand it a call.
+    type Idle = (u64, Sender<Job>);
+
+    /// The last id given, and the idle threads.
+    static IDLE: Mutex<(u64, Vec<Idle>)> = Mutex::new((0, Vec::new()));
+
+    /// Runs `job` on an idle thread, or on a new one.
+    pub fn run(job: Job) -> std::io::Result<()> {
+        let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+        // Handed over under the lock: a thread leaving on its timeout takes the lock
+        // first, so it either is gone from the list or receives the call.
+        let job = match idle.1.pop() {
+            Some((_, worker)) => match worker.send(job) {
+                Ok(()) => return Ok(()),
+                Err(returned) => returned.0,
+            },
+            None => job,
+        };
+        drop(idle);
+        std::thread::Builder::new().name("sidemount-fscall".into()).stack_size(64 * 1024).spawn(move || serve(job))?;
+        Ok(())
+    }
+
+    fn serve(mut job: Job) {
+        loop {
+            job();
+            let (tx, rx) = channel();
+            let id = {
+                let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.1.len() >= MAX_IDLE {
+                    return;
+                }
+                idle.0 += 1;
+                let id = idle.0;
+                idle.1.push((id, tx));
+                id
+            };
+            job = match rx.recv_timeout(IDLE_EXIT) {
+                Ok(next) => next,
+                Err(_) => {
+                    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(at) = idle.1.iter().position(|(i, _)| *i == id) {
+                        idle.1.remove(at);
+                        return;
+                    }
+                    drop(idle);
+                    // Taken from the list as the wait ended: the call is in the channel.
+                    match rx.recv() {
+                        Ok(next) => next,
+                        Err(_) => return,
+                    }
+                }
+            };
+        }
+    }
+
+    #[cfg(test)]
+    pub fn idle() -> usize {
+        IDLE.lock().unwrap().1.len()
+    }
+}
+
+/// Caps glibc's malloc arenas. glibc gives each thread that allocates an arena
+/// of its own (up to 8 per core), and keeps them: with a thread per bounded
+/// call, the supervisor's memory grew with the calls made at once. Two arenas
+/// serve one runtime thread and a few call threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; called before
+    // other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -197,4 +298,28 @@ pub fn context_switches() -> u64 {
     // SAFETY: getrusage returned 0, so it filled the struct.
     let usage = unsafe { usage.assume_init() };
     (usage.ru_nvcsw + usage.ru_nivcsw) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_count() -> usize {
+        std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_one_after_another_reuse_a_thread_and_a_stuck_one_holds_nobody() {
+        let before = thread_count();
+        for i in 0..50 {
+            assert_eq!(bounded(Duration::from_secs(5), move || i * 2).await, Ok(i * 2));
+        }
+        // One thread served them all (other tests may run beside this one).
+        assert!(thread_count() <= before + 4, "{} threads after 50 calls, {before} before", thread_count());
+        assert!(pool::idle() >= 1);
+        // A call that does not return in time gives up; the next one is served.
+        let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
+        assert_eq!(stuck, Err(TimedOut(Duration::from_millis(50))));
+        assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
+    }
 }

@@ -32,7 +32,6 @@ use tokio::time::{sleep, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::{Deadlines, Task};
-use crate::mounts::MountTable;
 use crate::spec::Source;
 
 /// rclone subcommands that serve a VFS as a mount.
@@ -525,7 +524,7 @@ async fn sleep_or_hurry(pause: Duration, hurry: &mut watch::Receiver<bool>) {
 pub(super) async fn before_unmount(task: &Task, pid: Option<i32>, deadlines: Deadlines) {
     let (Some(writeback), Some(pid)) = (task.writeback.as_ref(), pid) else { return };
     let (ctx, volume, stage) = (&task.ctx, &task.volume.name, task.stage_path());
-    let mounted = MountTable::read_self().map_or(true, |t| t.volume_at(&stage, |m| task.matcher.matches(m)).is_some());
+    let mounted = task.fresh().await.map_or(true, |t| t.volume_at(&stage, |m| task.matcher.matches(m)).is_some());
     let until = wait_until(deadlines, Instant::now());
     let daemon = Daemon { pid, writeback };
     let cut = |hurried: bool| if hurried { "a second signal stopped the wait" } else { "the shutdown deadline came" };
@@ -861,13 +860,17 @@ mod tests {
     #[test]
     fn the_wait_leaves_a_reserve_for_the_unmount() {
         let now = Instant::now();
-        let d = Deadlines { busy: now + Duration::from_secs(10), last: now + Duration::from_secs(19) };
+        let d = Deadlines { busy: now + Duration::from_secs(10), last: now + Duration::from_secs(19), shutdown: false };
         assert_eq!(wait_until(d, now), now + Duration::from_secs(17));
-        let d = Deadlines { busy: now + Duration::from_millis(1500), last: now + Duration::from_millis(2700) };
+        let d = Deadlines {
+            busy: now + Duration::from_millis(1500),
+            last: now + Duration::from_millis(2700),
+            shutdown: false,
+        };
         assert_eq!(wait_until(d, now), now + Duration::from_millis(2025));
-        let d = Deadlines { busy: now, last: now };
+        let d = Deadlines { busy: now, last: now, shutdown: false };
         assert_eq!(wait_until(d, now), now);
-        let late = Deadlines { busy: now, last: now };
+        let late = Deadlines { busy: now, last: now, shutdown: false };
         assert_eq!(wait_until(late, now + Duration::from_secs(1)), now + Duration::from_secs(1));
     }
 

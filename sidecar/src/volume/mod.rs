@@ -23,6 +23,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::daemon::{describe_exit, run_helper, Children, Daemon, HelperError, Launch};
+use crate::mount_watch::{MountWatch, Subscription};
 use crate::mounts::{Mount, MountTable};
 use crate::secrets::Secrets;
 use crate::spec::{Source, Volume};
@@ -64,6 +65,55 @@ pub struct Context {
     pub stage: PathBuf,
     /// Volumes whose daemon still had writes to send when they were taken down.
     pub unflushed: Arc<flush::Unflushed>,
+    /// At shutdown: the stage's mounts go in one unmount (see [`StageRelease`]).
+    pub stage_release: Arc<StageRelease>,
+}
+
+/// Takes the daemons' mounts at the stage away in one unmount at shutdown.
+/// Unmounting is serialized in the kernel, so with a mount per daemon at the
+/// stage, one per volume at the mountpoint, a shutdown of N volumes made 2N
+/// unmounts one after another. Armed by the supervisor with the count of volumes
+/// stopping; each volume's teardown arrives once its mountpoint is clean, and
+/// the last to arrive detaches the whole stage, which ends every daemon's
+/// connection at once. A teardown that is not part of it, or for which the
+/// release failed, unmounts its own stage mount as before.
+#[derive(Debug, Default)]
+pub struct StageRelease {
+    /// Volumes yet to arrive; zero when not armed.
+    pending: std::sync::atomic::AtomicUsize,
+    /// `Some(true)` once the stage was detached, `Some(false)` if that failed.
+    done: watch::Sender<Option<bool>>,
+}
+
+impl StageRelease {
+    /// Expects `volumes` teardowns to arrive.
+    pub fn arm(&self, volumes: usize) {
+        self.pending.store(volumes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One teardown's mountpoint is clean. Returns whether the stage was
+    /// released for it: false when not armed, when the release failed, or when
+    /// the others did not arrive by `until`.
+    async fn arrive(&self, ctx: &Context, until: Instant) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Ok(before) = self.pending.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) else { return false };
+        if before == 1 {
+            let (sys, stage) = (ctx.sys.clone(), ctx.stage.clone());
+            let detached =
+                matches!(bounded(ctx.check_timeout, move || sys.unmount(&stage, Unmount::Detach)).await, Ok(Ok(())));
+            if detached {
+                debug!("detached the stage with every daemon's mount in it");
+            }
+            self.done.send_replace(Some(detached));
+            return detached;
+        }
+        let mut done = self.done.subscribe();
+        let released = match tokio::time::timeout_at(until, done.wait_for(|d| d.is_some())).await {
+            Ok(Ok(d)) => *d == Some(true),
+            _ => false,
+        };
+        released
+    }
 }
 
 /// Where a volume is in its life.
@@ -97,6 +147,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Counts mounts; a check started on an earlier mount does not speak for this one.
     pub generation: u64,
+    /// The FUSE connection serving the mount (its device number, as fusectl names it).
+    pub connection: Option<u64>,
 }
 
 impl Status {
@@ -114,6 +166,7 @@ impl Status {
             errors: 0,
             last_error: None,
             generation: 0,
+            connection: None,
         }
     }
 
@@ -144,6 +197,8 @@ pub type SharedStatus = Arc<Mutex<Status>>;
 pub struct Deadlines {
     pub busy: Instant,
     pub last: Instant,
+    /// Part of the shutdown: the stage goes in one unmount (see [`StageRelease`]).
+    pub shutdown: bool,
 }
 
 impl Deadlines {
@@ -152,7 +207,7 @@ impl Deadlines {
     pub fn within(budget: Duration) -> Deadlines {
         let now = Instant::now();
         let margin = (budget / 10).min(Duration::from_secs(1));
-        Deadlines { busy: now + budget / 2, last: now + budget - margin }
+        Deadlines { busy: now + budget / 2, last: now + budget - margin, shutdown: false }
     }
 }
 
@@ -166,11 +221,13 @@ pub struct Handle {
 
 impl Handle {
     /// Starts the volume's task.
-    pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: watch::Receiver<Arc<MountTable>>) -> Handle {
+    pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: MountWatch) -> Handle {
         let status = Arc::new(Mutex::new(Status::new(&volume, &mountpoint)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
         let matcher = Matcher::for_volume(&volume.source);
+        // Woken only by changes at its own paths: the mountpoint and its stage.
+        let changes = table.subscribe(&[&mountpoint, &ctx.stage.join(&volume.name)]);
         let task = Task {
             volume: volume.clone(),
             mountpoint,
@@ -178,6 +235,7 @@ impl Handle {
             ctx,
             status: status.clone(),
             table,
+            changes,
             stop: Stop::new(stop_rx),
             secret_read: Default::default(),
             writeback: None,
@@ -223,7 +281,7 @@ pub fn leftovers(table: &MountTable, volumes: &[Owned]) -> Vec<String> {
         .iter()
         .filter_map(|v| {
             let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-            for m in table.mounts.iter().filter(|m| m.mount_point == v.mountpoint && v.matcher.matches(m)) {
+            for m in table.at(&v.mountpoint).filter(|m| v.matcher.matches(m)) {
                 *kinds.entry(m.fs_type.as_str()).or_default() += 1;
             }
             if kinds.is_empty() {
@@ -283,7 +341,9 @@ struct Task {
     matcher: Matcher,
     ctx: Context,
     status: SharedStatus,
-    table: watch::Receiver<Arc<MountTable>>,
+    table: MountWatch,
+    /// Changes at the mountpoint or the stage.
+    changes: Subscription,
     stop: Stop,
     /// A read of the secretDir is under way (or stuck on a hung filesystem).
     secret_read: Arc<std::sync::atomic::AtomicBool>,
@@ -441,7 +501,13 @@ impl Task {
 
     /// The newest mount table, marked seen.
     fn latest(&mut self) -> Arc<MountTable> {
-        Arc::clone(&self.table.borrow_and_update())
+        self.changes.mark_seen();
+        self.table.latest()
+    }
+
+    /// The mount table as read after this call (see [`MountWatch::fresh`]).
+    async fn fresh(&self) -> Result<Arc<MountTable>, String> {
+        self.table.fresh().await
     }
 
     fn mounted_id(&self, table: &MountTable) -> Option<i32> {
@@ -577,11 +643,16 @@ impl Task {
             }
         };
 
+        let connection = match self.has_daemon() {
+            true => self.table.latest().at(&self.mountpoint).find(|m| m.id == mount_id).map(|m| fuse_connection(m.dev)),
+            false => None,
+        };
         self.set(|s| {
             s.phase = Phase::Ready;
             s.responsive = false;
             s.check_started = None;
             s.generation += 1;
+            s.connection = connection;
         });
         let answering = check(&self.status, &self.ctx.sys, self.ctx.check_timeout).await;
         info!(pid, answering, "mounted");
@@ -627,7 +698,7 @@ impl Task {
     /// /dev/fuse descriptor, before its exit can be seen.)
     async fn left_at_stage(&self) -> Left {
         let stage = self.stage_path();
-        match MountTable::read_self() {
+        match self.fresh().await {
             Ok(table) if table.volume_at(&stage, |m| self.matcher.matches(m)).is_some() => {}
             _ => return Left::Nothing,
         }
@@ -781,7 +852,7 @@ impl Task {
             let mounted = seen.volume_at(&watched, |m| self.matcher.matches(m)).is_some();
             // The watch may still hold a table from before the stage was cleared:
             // what it shows is confirmed with the kernel before it is acted on.
-            let fresh = if mounted { MountTable::read_self().ok() } else { None };
+            let fresh = if mounted { self.fresh().await.ok() } else { None };
             if let Some(id) =
                 fresh.as_ref().and_then(|t| t.volume_at(&watched, |m| self.matcher.matches(m))).map(|m| m.id)
             {
@@ -801,10 +872,10 @@ impl Task {
                 biased;
                 deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => {
-                    let _ = self.table.borrow_and_update();
+                    self.changes.mark_seen();
                     return Event::Exited(status);
                 }
-                changed = self.table.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                _ = self.changes.changed() => {}
                 _ = &mut deadline => return Event::TimedOut,
             }
         }
@@ -820,17 +891,14 @@ impl Task {
                 biased;
                 deadlines = self.stop.recv() => return Event::Stop(deadlines),
                 status = keeper.exited(&children) => return Event::Exited(status),
-                changed = self.table.changed() => {
-                    if changed.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+                _ = self.changes.changed() => {
                     let table = self.latest();
                     if self.mounted_id(&table) == Some(mount_id) {
                         continue;
                     }
                     // The watch may deliver a table read before our own last bind: ask the
                     // kernel again before calling the mount gone.
-                    match MountTable::read_self() {
+                    match self.fresh().await {
                         Ok(now) if self.mounted_id(&now) == Some(mount_id) => continue,
                         _ => {}
                     }
@@ -864,7 +932,7 @@ impl Task {
     /// live, so files open on it keep working. FUSE mounts are covered (see below).
     async fn clear_mountpoint(&mut self) -> Result<(), String> {
         self.matcher = Matcher::for_volume(&self.volume.source);
-        let fresh = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let fresh = self.fresh().await?;
         if self.has_daemon() {
             // A FUSE mount at the mountpoint may have been bound by the container
             // runtime into an app that started after it (the native-sidecar order): that
@@ -901,12 +969,11 @@ impl Task {
     async fn wait_table(&mut self, done: impl Fn(&MountTable) -> bool, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if done(&self.table.borrow_and_update()) {
+            if done(&self.latest()) {
                 return true;
             }
-            match tokio::time::timeout_at(until, self.table.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return false,
+            if tokio::time::timeout_at(until, self.changes.changed()).await.is_err() {
+                return false;
             }
         }
     }
@@ -928,8 +995,8 @@ impl Task {
         let stage = self.stage_path();
         let mut progress = Progress::default();
         loop {
-            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
-            let left = table.mounts.iter().filter(|m| m.mount_point == stage).count();
+            let table = self.fresh().await?;
+            let left = table.at(&stage).count();
             if left == 0 {
                 return Ok(());
             }
@@ -962,7 +1029,7 @@ impl Task {
     async fn trim_layers(&self) -> Result<(), String> {
         let mut progress = Progress::default();
         loop {
-            let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+            let table = self.fresh().await?;
             let stack = table.stack_at(&self.mountpoint);
             let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
             let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
@@ -991,7 +1058,7 @@ impl Task {
     async fn attach(&mut self) -> Result<i32, String> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
-        let before = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let before = self.fresh().await?;
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
@@ -1004,14 +1071,10 @@ impl Task {
             Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
             Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
         }
-        let table = MountTable::read_self().map_err(|e| format!("cannot read the mount table: {e}"))?;
+        let table = self.fresh().await?;
         self.mounted_id(&table).ok_or_else(|| {
-            let here: Vec<String> = table
-                .mounts
-                .iter()
-                .filter(|m| m.mount_point == self.mountpoint)
-                .map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type))
-                .collect();
+            let here: Vec<String> =
+                table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
     }
@@ -1107,7 +1170,7 @@ impl Task {
         let mut layers = 0;
         let mut progress = Progress::default();
         loop {
-            let table = match MountTable::read_self() {
+            let table = match self.fresh().await {
                 Ok(table) => table,
                 Err(err) => {
                     error!(%err, "cannot read the mount table; the volume may stay mounted");
@@ -1115,13 +1178,12 @@ impl Task {
                 }
             };
             // Any layer of ours at the mountpoint, on top or not: unmount acts on the top.
-            let ours =
-                table.mounts.iter().filter(|m| m.mount_point == self.mountpoint && self.matcher.matches(m)).count();
+            let ours = table.at(&self.mountpoint).filter(|m| self.matcher.matches(m)).count();
             if ours == 0 {
                 debug!(layers, "no layer left at the mountpoint");
                 break;
             }
-            if progress.stalled(table.mounts.iter().filter(|m| m.mount_point == self.mountpoint).count()) {
+            if progress.stalled(table.at(&self.mountpoint).count()) {
                 error!(left = ours, "unmounting makes no progress: layers stay at the mountpoint");
                 break;
             }
@@ -1166,7 +1228,9 @@ impl Task {
         if layers > 0 {
             info!(layers, "unmounted");
         }
-        if self.has_daemon() {
+        let released =
+            self.has_daemon() && deadlines.shutdown && self.ctx.stage_release.arrive(&self.ctx, deadlines.busy).await;
+        if self.has_daemon() && !released {
             // The daemon's own mount: with every bind of it gone, the daemon sees its
             // connection end, flushes and exits.
             if let Err(message) = self.release_stage(false).await {
@@ -1337,6 +1401,39 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
     statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
 }
 
+/// The periodic check, which asks a daemon only when its answer can be in
+/// doubt. The kernel counts the requests each FUSE connection has sent its
+/// daemon and not had answered (fusectl's `waiting`, read without involving the
+/// daemon): a volume that answered its last check and has none waiting is
+/// ready, and its daemon is left asleep. Every other volume (requests waiting,
+/// not answering before, not FUSE, no fusectl) is checked with bounded `statfs`
+/// calls as [`check_many`] does. A hung daemon is found as soon as anything
+/// waits on it; an idle supervisor with idle volumes wakes once per interval.
+pub async fn check_when_needed(
+    statuses: &[SharedStatus],
+    sys: &Arc<dyn Sys>,
+    timeout: Duration,
+    connections: Option<&Path>,
+) -> bool {
+    let quiet = |s: &Status| {
+        let (Some(dir), Some(connection)) = (connections, s.connection) else { return false };
+        let waiting = std::fs::read_to_string(dir.join(connection.to_string()).join("waiting"));
+        s.is_ready() && s.check_started.is_none() && waiting.is_ok_and(|w| w.trim() == "0")
+    };
+    let asked: Vec<SharedStatus> =
+        statuses.iter().filter(|s| !quiet(&s.lock().expect("status lock"))).cloned().collect();
+    if !asked.is_empty() {
+        check_many(&asked, sys, timeout).await;
+    }
+    statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
+}
+
+/// The name fusectl gives a connection: the kernel's device number of its
+/// superblock (`major << 20 | minor`).
+pub fn fuse_connection((major, minor): (u32, u32)) -> u64 {
+    (u64::from(major) << 20) | u64::from(minor)
+}
+
 fn record_check(s: &mut Status, result: Result<(), String>) {
     match result {
         Ok(()) => {
@@ -1370,13 +1467,15 @@ mod tests {
     }
 
     /// A kernel stand-in whose statfs hangs (for a few seconds) on every
-    /// mountpoint whose name starts with "hung".
-    struct HungSys;
+    /// mountpoint whose name starts with "hung", and counts the calls.
+    #[derive(Default)]
+    struct HungSys(std::sync::atomic::AtomicUsize);
     impl Sys for HungSys {
         fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
             Ok(())
         }
         fn statfs(&self, target: &Path) -> Result<(), Errno> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
                 std::thread::sleep(Duration::from_secs(3));
             }
@@ -1412,7 +1511,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn many_hung_volumes_cost_at_most_two_timeouts() {
-        let sys: Arc<dyn Sys> = Arc::new(HungSys);
+        let sys: Arc<dyn Sys> = Arc::new(HungSys::default());
         let timeout = Duration::from_millis(300);
         // Healthy ones before, between and after the hung ones.
         let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
@@ -1432,6 +1531,34 @@ mod tests {
         let started = Instant::now();
         check_many(&statuses, &sys, timeout).await;
         assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_periodic_check_asks_only_daemons_with_requests_waiting() {
+        let counting = Arc::new(HungSys::default());
+        let sys: Arc<dyn Sys> = counting.clone();
+        let control = tempfile::tempdir().unwrap();
+        for (connection, waiting) in [(41, "0\n"), (42, "3\n")] {
+            std::fs::create_dir(control.path().join(connection.to_string())).unwrap();
+            std::fs::write(control.path().join(connection.to_string()).join("waiting"), waiting).unwrap();
+        }
+        let (quiet, busy, unknown) = (ready("quiet"), ready("busy"), ready("unknown"));
+        quiet.lock().unwrap().connection = Some(41);
+        busy.lock().unwrap().connection = Some(42);
+        let all = [quiet.clone(), busy.clone(), unknown.clone()];
+        let timeout = Duration::from_secs(2);
+        assert!(check_when_needed(&all, &sys, timeout, Some(control.path())).await);
+        // The busy one and the one without a known connection were asked; the quiet one not.
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Without fusectl every daemon is asked.
+        assert!(check_when_needed(&all, &sys, timeout, None).await);
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 5);
+        // One that did not answer last time is asked, waiting or not.
+        quiet.lock().unwrap().responsive = false;
+        assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(control.path())).await);
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert_eq!(fuse_connection((0, 57)), 57);
+        assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Bound for one helper command (cat, mount …) run in a namespace.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `sidemount` binary under test.
+/// The `sidemount` binary under test: this build's, or the one BENCH_BIN names
+/// (to measure another build with the same harness).
 pub fn sidemount_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sidemount")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sidemount").into()))
 }

@@ -1,0 +1,252 @@
+//! The supervisor's one reader of the mount table. It reads and parses
+//! `/proc/self/mountinfo` once per change the kernel reports (`poll` gives
+//! POLLPRI after every mount or unmount in the namespace), and wakes only the
+//! volume tasks whose paths that change touched: a mount event costs one parse
+//! and a look at each watched path, however many volumes there are, instead of
+//! a parse per volume.
+//!
+//! A task that needs the table as it is after its own mount or unmount asks for
+//! a [`MountWatch::fresh`] one: a read begun after the question. Questions asked
+//! together share one read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::io::Interest;
+use tokio::sync::{watch, Notify};
+use tracing::{error, warn};
+
+use crate::mounts::MountTable;
+use crate::sys;
+
+/// The shared reader (cheap to clone).
+#[derive(Clone)]
+pub struct MountWatch {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    latest: Mutex<Arc<MountTable>>,
+    /// Reads begun so far.
+    started: AtomicU64,
+    /// The last read done: its number and, when it failed, why.
+    done: watch::Sender<Done>,
+    /// A fresh read is wanted.
+    wanted: Notify,
+    subscribers: Mutex<Subscribers>,
+}
+
+/// A subscription's id and its wakeup.
+type Waker = (u64, Weak<watch::Sender<u64>>);
+
+#[derive(Default)]
+struct Subscribers {
+    next_id: u64,
+    by_path: HashMap<PathBuf, Vec<Waker>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Done {
+    reads: u64,
+    failed: Option<Arc<str>>,
+}
+
+/// Wakes its holder when the mounts at any of its paths change.
+pub struct Subscription {
+    watch: MountWatch,
+    id: u64,
+    paths: Vec<PathBuf>,
+    // Kept here so the channel stays open while the subscription lives.
+    _tx: Arc<watch::Sender<u64>>,
+    rx: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Marks every change so far as seen: call before looking at the table, so a
+    /// change after the look wakes [`Subscription::changed`].
+    pub fn mark_seen(&mut self) {
+        self.rx.borrow_and_update();
+    }
+
+    /// Resolves once the mounts at a path of this subscription changed since
+    /// the last [`Subscription::mark_seen`] (or the last call). Cancel-safe.
+    pub async fn changed(&mut self) {
+        // The sender lives in `self`: the channel never closes under this call.
+        let _ = self.rx.changed().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subs = self.watch.inner.subscribers.lock().expect("subscribers lock");
+        for path in &self.paths {
+            if let Some(list) = subs.by_path.get_mut(path) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    subs.by_path.remove(path);
+                }
+            }
+        }
+    }
+}
+
+impl MountWatch {
+    /// Reads the table and starts the reader on the current runtime.
+    pub fn start() -> std::io::Result<MountWatch> {
+        let file = std::fs::File::open("/proc/self/mountinfo")?;
+        let fd = sys::watch_fd(file, Interest::PRIORITY)?;
+        let watch = MountWatch::with_table(MountTable::read_self()?);
+        let inner = watch.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ready = fd.ready(Interest::PRIORITY) => match ready {
+                        Ok(mut guard) => guard.clear_ready(),
+                        Err(err) => {
+                            error!(%err, "the mount-table watch failed");
+                            return;
+                        }
+                    },
+                    _ = inner.wanted.notified() => {}
+                }
+                // Nobody holds the watch any more: only this task.
+                if Arc::strong_count(&inner) == 1 {
+                    return;
+                }
+                let reads = inner.started.fetch_add(1, Ordering::SeqCst) + 1;
+                let failed = match MountTable::read_self() {
+                    Ok(table) => {
+                        inner.publish(table);
+                        None
+                    }
+                    Err(err) => {
+                        warn!(%err, "cannot read the mount table");
+                        Some(Arc::from(format!("cannot read the mount table: {err}")))
+                    }
+                };
+                inner.done.send_replace(Done { reads, failed });
+            }
+        });
+        Ok(watch)
+    }
+
+    /// A watch of this table that no reader updates: for tests.
+    pub fn with_table(table: MountTable) -> MountWatch {
+        MountWatch {
+            inner: Arc::new(Inner {
+                latest: Mutex::new(Arc::new(table)),
+                started: AtomicU64::new(0),
+                done: watch::Sender::new(Done::default()),
+                wanted: Notify::new(),
+                subscribers: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The table as last read.
+    pub fn latest(&self) -> Arc<MountTable> {
+        self.inner.latest.lock().expect("table lock").clone()
+    }
+
+    /// The table as read after this call began (shared with every other caller
+    /// waiting at the time).
+    pub async fn fresh(&self) -> Result<Arc<MountTable>, String> {
+        let need = self.inner.started.load(Ordering::SeqCst) + 1;
+        let mut done = self.inner.done.subscribe();
+        self.inner.wanted.notify_one();
+        let read = match done.wait_for(|d| d.reads >= need).await {
+            Ok(read) => read.clone(),
+            Err(_) => return Err("the mount-table reader is gone".into()),
+        };
+        match read.failed {
+            Some(message) => Err(message.to_string()),
+            None => Ok(self.latest()),
+        }
+    }
+
+    /// Wakes the subscription whenever the mounts at any of `paths` change.
+    pub fn subscribe(&self, paths: &[&Path]) -> Subscription {
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let mut subs = self.inner.subscribers.lock().expect("subscribers lock");
+        subs.next_id += 1;
+        let id = subs.next_id;
+        let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+        for path in &paths {
+            subs.by_path.entry(path.clone()).or_default().push((id, Arc::downgrade(&tx)));
+        }
+        drop(subs);
+        Subscription { watch: self.clone(), id, paths, _tx: tx, rx }
+    }
+
+    /// Publishes a new table as if read from the kernel: for tests.
+    pub fn publish(&self, table: MountTable) {
+        self.inner.publish(table);
+    }
+}
+
+impl Inner {
+    /// Makes `table` the latest and wakes the subscribers of each path where
+    /// it differs from the one before: a look at each watched path, not at
+    /// every mount.
+    fn publish(&self, table: MountTable) {
+        let table = Arc::new(table);
+        let old = std::mem::replace(&mut *self.latest.lock().expect("table lock"), table.clone());
+        let subs = self.subscribers.lock().expect("subscribers lock");
+        for (path, list) in &subs.by_path {
+            if old.at(path).ne(table.at(path)) {
+                for tx in list.iter().filter_map(|(_, tx)| tx.upgrade()) {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(lines: &[&str]) -> MountTable {
+        MountTable::parse_bytes(lines.join("\n").as_bytes()).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wakes_only_the_subscribers_of_a_path_that_changed() {
+        let root = "1 0 0:1 / / rw - ext4 /dev/a rw";
+        let watch = MountWatch::with_table(table(&[root]));
+        let mut a = watch.subscribe(&[Path::new("/a"), Path::new("/stage/a")]);
+        let mut b = watch.subscribe(&[Path::new("/b")]);
+        a.mark_seen();
+        b.mark_seen();
+        watch.publish(table(&[root, "2 1 0:2 / /stage/a rw - fuse.x x rw"]));
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.changed()).await.expect("a woken");
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(50), b.changed()).await;
+        assert!(woken.is_err(), "b's path did not change");
+        // A change after the look wakes at once: nothing is lost between look and wait.
+        a.mark_seen();
+        watch.publish(table(&[root, "2 1 0:2 / /stage/a rw - fuse.x x rw", "3 1 0:3 / /b rw - fuse.x x rw"]));
+        tokio::time::timeout(std::time::Duration::from_millis(50), b.changed()).await.expect("b woken");
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), a.changed()).await.is_err());
+        // A dropped subscription leaves nothing behind.
+        drop(a);
+        drop(b);
+        assert!(watch.inner.subscribers.lock().unwrap().by_path.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fresh_table_is_read_after_the_question() {
+        let watch = MountWatch::start().unwrap();
+        let before = watch.inner.started.load(Ordering::SeqCst);
+        // Questions asked together share reads.
+        let (x, y, z) = tokio::join!(watch.fresh(), watch.fresh(), watch.fresh());
+        let (x, y, z) = (x.unwrap(), y.unwrap(), z.unwrap());
+        assert!(
+            x.is_mount_point(Path::new("/")) && y.is_mount_point(Path::new("/")) && z.is_mount_point(Path::new("/"))
+        );
+        let reads = watch.inner.started.load(Ordering::SeqCst) - before;
+        assert!((1..=2).contains(&reads), "{reads} reads for three questions");
+    }
+}
