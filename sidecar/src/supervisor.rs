@@ -360,6 +360,7 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         stage: settings.stage.clone(),
         unflushed: Default::default(),
         stage_release: Default::default(),
+        fuse_control: None,
     };
     let mut supervisor = Supervisor {
         settings,
@@ -537,7 +538,10 @@ impl Supervisor {
             .map_err(|e| e.to_string())
             .and_then(|()| self.ctx.sys.fuse_control(&control).map_err(|e| e.to_string()))
         {
-            Ok(()) => self.registry.set_fuse_connections(control),
+            Ok(()) => {
+                self.ctx.fuse_control = std::fs::File::open(&control).ok().map(Arc::new);
+                self.registry.set_fuse_connections(control);
+            }
             Err(err) => debug!(%err, "no fusectl: the periodic check asks every daemon"),
         }
         self.ctx.stage = stage;

@@ -323,3 +323,14 @@ mod tests {
         assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
     }
 }
+
+/// Whether the FUSE connection `connection` (fusectl's name for it, see
+/// `volume::fuse_connection`) still exists, looked up in the fusectl directory
+/// `control` without involving its daemon. None when fusectl cannot tell.
+pub fn fuse_connection_exists(control: &std::fs::File, connection: u64) -> Option<bool> {
+    match nix::sys::stat::fstatat(control, connection.to_string().as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(_) => Some(true),
+        Err(Errno::ENOENT) => Some(false),
+        Err(_) => None,
+    }
+}

@@ -371,6 +371,29 @@ fn sigterm_while_mounted_and_busy() {
     assert_eq!(fs::read_to_string(src.join("written")).unwrap(), "acknowledged\n");
 }
 
+/// The kubelet binds an app's `subPath` of the volume on the node and keeps that
+/// bind until the sidecar has exited, so the daemon's connection outlives every
+/// mount of the sidecar's and the daemon never sees it end. It is told to stop as
+/// soon as that is clear, not at half the budget.
+#[test]
+fn sigterm_while_the_node_holds_a_bind_of_the_volume() {
+    let pod = Pod::new(&["data"]);
+    let src = source(&pod);
+    let mut sup = pod.supervisor().spec(&spec(&[bindfs("data", &src)])).shutdown_timeout(BUDGET).start();
+    sup.wait_ready(READY);
+    pod.app_write("data", "written", "acknowledged\n").unwrap();
+    let held = pod.work("volume-subpaths");
+    fs::create_dir_all(&held).unwrap();
+    let (volume, held) = (pod.empty_dir("data").display().to_string(), held.display().to_string());
+    pod.run_in(Ns::Node, &["mount", "--bind", &volume, &held]).unwrap();
+
+    let took = terminate_clean(&mut sup, &pod, "data");
+    let _ = pod.run_in(Ns::Node, &["umount", "-l", &held]);
+    assert!(took < PROMPT, "the held daemon was stopped only after {took:?}\n{}", sup.log_tail(40));
+    assert!(sup.log().contains("connection outlives every mount of ours"), "{}", sup.log_tail(40));
+    assert_eq!(fs::read_to_string(src.join("written")).unwrap(), "acknowledged\n");
+}
+
 #[test]
 fn crash_while_mounted_and_busy_then_restart_then_sigterm() {
     let pod = Pod::new(&["data"]);

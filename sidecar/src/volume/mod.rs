@@ -47,6 +47,10 @@ const MAX_LAYERS: usize = 64;
 const STALLS: u32 = 3;
 /// After a second signal, how long a signalled daemon gets to flush and exit.
 const HURRY_GRACE: Duration = Duration::from_secs(1);
+/// How long a FUSE connection must outlive the sidecar's last mount of it to be
+/// taken as held elsewhere, and how often it is looked at meanwhile.
+const CONNECTION_SETTLE: Duration = Duration::from_millis(300);
+const CONNECTION_RECHECK: Duration = Duration::from_millis(50);
 /// How long a daemon whose mount is gone gets to exit on its own.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -67,6 +71,9 @@ pub struct Context {
     pub unflushed: Arc<flush::Unflushed>,
     /// At shutdown: the stage's mounts go in one unmount (see [`StageRelease`]).
     pub stage_release: Arc<StageRelease>,
+    /// The FUSE control filesystem (fusectl), held open: it still answers once the
+    /// stage it is mounted in has been detached at shutdown.
+    pub fuse_control: Option<Arc<std::fs::File>>,
 }
 
 /// Takes the daemons' mounts at the stage away in one unmount at shutdown.
@@ -1142,6 +1149,27 @@ impl Task {
 
     /// Sleeps until `at`, or, once a second signal says not to wait any more,
     /// for `grace` at most.
+    /// Whether the kernel keeps this volume's FUSE connection although every mount
+    /// of it in the sidecar is gone: it ends a connection when its last mount goes,
+    /// so one that is still there after [`CONNECTION_SETTLE`] is held by a mount in
+    /// another namespace. False when it cannot tell (no fusectl, not FUSE).
+    async fn connection_held_elsewhere(&self) -> bool {
+        let connection = self.status.lock().expect("status lock").connection;
+        let (Some(control), Some(connection)) = (self.ctx.fuse_control.as_deref(), connection) else {
+            return false;
+        };
+        let settled = Instant::now() + CONNECTION_SETTLE;
+        loop {
+            if crate::sys::fuse_connection_exists(control, connection) != Some(true) {
+                return false;
+            }
+            if Instant::now() >= settled {
+                return true;
+            }
+            self.until(settled.min(Instant::now() + CONNECTION_RECHECK), Duration::ZERO).await;
+        }
+    }
+
     async fn until(&self, at: Instant, grace: Duration) {
         let mut hurry = self.ctx.hurry.clone();
         tokio::select! {
@@ -1240,14 +1268,24 @@ impl Task {
         if let Keeper::Daemon(mut daemon) = keeper {
             let children = self.ctx.children.clone();
             let pid = daemon.pid();
+            // With every mount of ours gone, a daemon whose connection the kernel still
+            // keeps serves a mount held outside the sidecar (the kubelet's bind of a
+            // `subPath` lasts until the sidecar has exited): it would wait for its
+            // connection to end until `busy`, so it is told to stop now.
+            let held = self.connection_held_elsewhere().await;
+            let signal_at = if held { Instant::now() } else { deadlines.busy };
             let exited = tokio::select! {
                 status = daemon.wait(&children) => Some(status),
-                _ = self.until(deadlines.busy, Duration::ZERO) => None,
+                _ = self.until(signal_at, Duration::ZERO) => None,
             };
             let status = match exited {
                 Some(status) => status,
                 None => {
-                    info!(pid, "daemon still running at the deadline: SIGTERM");
+                    if held {
+                        info!(pid, "the daemon's connection outlives every mount of ours (a bind held outside the sidecar): SIGTERM");
+                    } else {
+                        info!(pid, "daemon still running at the deadline: SIGTERM");
+                    }
                     daemon.signal(Signal::SIGTERM);
                     tokio::select! {
                         status = daemon.wait(&children) => status,
