@@ -300,6 +300,17 @@ pub fn context_switches() -> u64 {
     (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
+/// Whether the FUSE connection `connection` (fusectl's name for it, see
+/// `volume::fuse_connection`) still exists, looked up in the fusectl directory
+/// `control` without involving its daemon. None when fusectl cannot tell.
+pub fn fuse_connection_exists(control: &std::fs::File, connection: u64) -> Option<bool> {
+    match nix::sys::stat::fstatat(control, connection.to_string().as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(_) => Some(true),
+        Err(Errno::ENOENT) => Some(false),
+        Err(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,16 +332,5 @@ mod tests {
         let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
         assert_eq!(stuck, Err(TimedOut(Duration::from_millis(50))));
         assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
-    }
-}
-
-/// Whether the FUSE connection `connection` (fusectl's name for it, see
-/// `volume::fuse_connection`) still exists, looked up in the fusectl directory
-/// `control` without involving its daemon. None when fusectl cannot tell.
-pub fn fuse_connection_exists(control: &std::fs::File, connection: u64) -> Option<bool> {
-    match nix::sys::stat::fstatat(control, connection.to_string().as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(_) => Some(true),
-        Err(Errno::ENOENT) => Some(false),
-        Err(_) => None,
     }
 }
