@@ -2,8 +2,8 @@
 //! privileged sidecar, with nothing installed on the node.
 
 pub mod daemon;
+pub mod endpoints;
 pub mod exit;
-pub mod http;
 pub mod inject;
 pub mod logging;
 pub mod mount_watch;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sidemount::inject::krm;
 use sidemount::settings::{Mode, Settings};
-use sidemount::{exit, http, inject, logging, spec, supervisor, sys, webhook};
+use sidemount::{endpoints, exit, inject, logging, spec, supervisor, sys, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         Command::Run => run(settings),
         Command::Probe { live, timeout } => {
             let path = if live { "/healthz" } else { "/readyz" };
-            match http::probe(settings.listen, path, timeout) {
+            match endpoints::probe(settings.listen, path, timeout) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(why) => {
                     eprintln!("sidemount probe: {why}");

@@ -21,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::Children;
-use crate::http::{self, Registry};
+use crate::endpoints::{self, Registry};
 use crate::mount_watch::MountWatch;
 use crate::mounts::MountTable;
 use crate::settings::Settings;
@@ -387,8 +387,8 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     // Every volume passed preflight above.
     supervisor.apply(Loaded::Volumes(volumes), BTreeMap::new());
     // Served only once every volume is registered: an empty registry reads as ready.
-    let limits = http::Limits::default();
-    let http_task = tokio::spawn(http::serve(listener, supervisor.registry.clone(), limits));
+    let limits = endpoints::Limits::default();
+    let http_task = tokio::spawn(endpoints::serve(listener, supervisor.registry.clone(), limits));
     // Checks run beside the loop: a hung volume costs them up to twice the check
     // timeout, which must not hold up a signal or a reload.
     let checks = spawn_periodic_checks(supervisor.registry.clone(), supervisor.settings.check_interval);

@@ -16,7 +16,7 @@ use support::spec::{bindfs, spec};
 use support::{pid_alive, poll_until, require_tool, signal, wait_for, Pod};
 
 const READY: Duration = Duration::from_secs(30);
-/// The endpoints' connection limit (`http::MAX_CONNECTIONS`), stated in README.md.
+/// The endpoints' connection limit (`endpoints::MAX_CONNECTIONS`), stated in README.md.
 const MAX_CONNECTIONS: usize = 64;
 
 /// The soft "Max open files" of a process.

@@ -1,0 +1,256 @@
+//! The `sidemount.io/*` annotations of a pod: read as text, and the volumes
+//! annotation parsed (each text once, see [`parse_annotation`]) and checked
+//! against the pod.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
+
+use serde_json::{Map, Value};
+
+use super::{
+    flexvolume, malformed, name_of, InjectError, CONVERT_FLEXVOLUME_ANNOTATION, INJECT_LABEL, SECRETS_ROOT,
+    VOLUMES_ANNOTATION,
+};
+use crate::spec::{self, Invalid, Problem, RawVolume};
+
+/// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
+pub(super) fn has_inject_label(template: &Value) -> bool {
+    template.pointer("/metadata/labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+        == Some("true")
+}
+
+/// A FlexVolume of the `altalang/ofs` driver among the pod's volumes.
+pub(super) fn has_driver_flexvolume(template: &Value) -> bool {
+    let volumes = template.pointer("/spec/volumes").and_then(Value::as_array);
+    volumes
+        .into_iter()
+        .flatten()
+        .any(|v| v.pointer("/flexVolume/driver").and_then(Value::as_str) == Some(flexvolume::DRIVER))
+}
+
+/// The annotations of a pod template, read as text.
+pub(super) struct Annotations<'a>(Option<&'a Map<String, Value>>);
+
+impl<'a> Annotations<'a> {
+    pub(super) fn of(template: &'a Value) -> Result<Annotations<'a>, InjectError> {
+        match template.pointer("/metadata/annotations") {
+            None | Some(Value::Null) => Ok(Annotations(None)),
+            Some(Value::Object(map)) => Ok(Annotations(Some(map))),
+            Some(_) => Err(malformed("metadata.annotations", "a map of strings")),
+        }
+    }
+
+    pub(super) fn get(&self, name: &str) -> Result<Option<&'a str>, InjectError> {
+        match self.0.and_then(|map| map.get(name)) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(InjectError::AnnotationNotText { annotation: name.into() }),
+        }
+    }
+}
+
+/// The volumes of the annotation, validated by the one spec definition, plus
+/// what injection adds: a served pod volume must be an emptyDir, and
+/// `secretName` stands in for `secretDir`.
+pub(super) fn annotation_volumes(
+    text: &str,
+    pod_volumes: &[Value],
+    problems: &mut Vec<Problem>,
+) -> Vec<(usize, RawVolume)> {
+    let raws = match parse_annotation(text) {
+        Ok(raws) => raws,
+        Err(Invalid(found)) => {
+            problems.extend(found);
+            return Vec::new();
+        }
+    };
+    let mut accepted = Vec::new();
+    for (i, raw) in raws.into_iter().enumerate() {
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].{field}"),
+                message,
+            })
+        };
+        let volume = match spec::validate(&raw) {
+            Ok(volume) => volume,
+            Err(found) => {
+                found.into_iter().for_each(|(field, message)| problem(&field, message));
+                continue;
+            }
+        };
+        if raw.secret_name.is_some() && raw.secret_dir.is_some() {
+            problem(
+                "secretDir",
+                format!(
+                    "give secretName or secretDir, not both: the Secret of secretName is mounted at {SECRETS_ROOT}/{}",
+                    volume.name
+                ),
+            );
+            continue;
+        }
+        if let Some((j, existing)) = pod_volumes.iter().enumerate().find(|(_, v)| name_of(v) == Some(&volume.name)) {
+            if existing.get("emptyDir").is_none() {
+                problem(
+                    "name",
+                    format!(
+                        "the pod volume {:?} (spec.volumes[{j}]) is a {} volume, but sidemount serves it from a directory of \
+                         its own emptyDir: make it `emptyDir: {{}}` or remove it (injection replaces it)",
+                        volume.name,
+                        volume_source(existing)
+                    ),
+                );
+                continue;
+            }
+        }
+        accepted.push((i, raw));
+    }
+    accepted
+}
+
+/// The annotation texts parsed so far, and what they parsed to. Every pod of a
+/// workload carries its template's annotation, so the webhook meets each text
+/// again for each replica, and parsing the YAML is about a fifth of a review.
+/// Bounded: at most 256 texts of up to 4 KiB each (1 MiB of text, and their
+/// parsed volumes beside it); cleared when full.
+pub(super) static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
+pub(super) type Parsed = Result<Vec<RawVolume>, Invalid>;
+pub(super) const PARSED_ENTRIES: usize = 256;
+pub(super) const PARSED_TEXT_BYTES: usize = 4096;
+
+pub(super) fn parse_annotation(text: &str) -> Parsed {
+    let cache = || PARSED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(parsed) = cache().get(text) {
+        return parsed.clone();
+    }
+    let parsed = spec::parse_raw(VOLUMES_ANNOTATION, text);
+    if text.len() <= PARSED_TEXT_BYTES {
+        let mut cache = cache();
+        if cache.len() >= PARSED_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), parsed.clone());
+    }
+    parsed
+}
+
+/// Volume names are unique across the annotation and the converted FlexVolumes.
+pub(super) fn check_unique(
+    requested: &[(usize, RawVolume)],
+    converted: &[flexvolume::Converted],
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, raw) in requested {
+        let name = raw.name.as_deref().unwrap_or_default();
+        if let Some(first) = seen.insert(name, *i) {
+            seen.insert(name, first);
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].name"),
+                message: format!(
+                    "duplicate volume name {name:?} (already at volumes[{first}]): give each volume its own name"
+                ),
+            });
+        }
+    }
+    for c in converted {
+        let name = c.raw.name.as_deref().unwrap_or_default();
+        if let Some(i) = seen.get(name) {
+            problems.push(Problem {
+                origin: VOLUMES_ANNOTATION.into(),
+                field: format!("volumes[{i}].name"),
+                message: format!(
+                    "{name:?} is also the FlexVolume spec.volumes[{}] that {CONVERT_FLEXVOLUME_ANNOTATION} converts: describe it in one place",
+                    c.index
+                ),
+            });
+        }
+    }
+}
+
+/// What a pod volume is made of, for messages: `hostPath`, `persistentVolumeClaim`…
+pub(super) fn volume_source(volume: &Value) -> &str {
+    volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")).map_or("source-less", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::tests::{app, config, injected, pod};
+    use crate::inject::*;
+
+    #[test]
+    fn the_inject_label_alone_converts_flexvolumes() {
+        let flex =
+            json!({ "name": "v", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } });
+        let with = |labels: Value, annotations: Value| {
+            json!({ "metadata": { "name": "p", "labels": labels, "annotations": annotations },
+                    "spec": { "containers": [app(json!([{ "name": "v", "mountPath": "/v" }]))], "volumes": [flex.clone()] } })
+        };
+        let out = injected(inject(&with(json!({ INJECT_LABEL: "true" }), json!({})), &config()).unwrap());
+        assert_eq!(out["spec"]["volumes"], json!([root_volume()]));
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["subPath"], "v");
+        // Without the label nothing asks for sidemount; "false" still says no.
+        assert_eq!(inject(&with(json!({}), json!({})), &config()).unwrap(), Outcome::NotRequested);
+        assert_eq!(
+            inject(&with(json!({ INJECT_LABEL: "false" }), Value::Null), &config()).unwrap(),
+            Outcome::NotRequested
+        );
+        let no = with(json!({ INJECT_LABEL: "true" }), json!({ CONVERT_FLEXVOLUME_ANNOTATION: "false" }));
+        assert_eq!(inject(&no, &config()).unwrap(), Outcome::NotRequested);
+        // A labelled pod with neither the driver's FlexVolume nor volumes asks for nothing, as before.
+        let nothing =
+            json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } }, "spec": { "containers": [] } });
+        assert_eq!(inject(&nothing, &config()).unwrap(), Outcome::NotRequested);
+        let other = json!({ "metadata": { "name": "p", "labels": { INJECT_LABEL: "true" } },
+                            "spec": { "containers": [], "volumes": [{ "name": "n", "flexVolume": { "driver": "other/nfs" } }] } });
+        assert_eq!(inject(&other, &config()).unwrap(), Outcome::NotRequested);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_in_the_annotation_names_its_field() {
+        let bad = "- {name: 123, type: zfs, dataset: p/d, env: {DEBUG: 1}}";
+        let err = inject(&pod(json!({ VOLUMES_ANNOTATION: bad }), json!({ "containers": [] })), &config()).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(String::from).collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines[0]
+                .starts_with("sidemount.io/volumes: volumes[0].name: must be a string, not the number 123: quote it"),
+            "{err}"
+        );
+        assert!(lines[1].starts_with("sidemount.io/volumes: volumes[0].env.DEBUG: must be a string"), "{err}");
+    }
+
+    #[test]
+    fn parsed_annotations_are_kept_within_bounds() {
+        let text = "- {name: cached, type: fuse, command: [bindfs, /src, \"{mountpoint}\"]}";
+        let first = parse_annotation(text).unwrap();
+        assert_eq!(first, spec::parse_raw(VOLUMES_ANNOTATION, text).unwrap());
+        assert_eq!(PARSED.lock().unwrap().get(text), Some(&Ok(first.clone())), "a parsed text is kept");
+        // A kept text is answered from the cache, not parsed again: plant an answer
+        // that parsing would not give.
+        let planted = "- {name: planted, type: fuse, command: [x]}";
+        PARSED.lock().unwrap().insert(planted.to_owned(), Ok(first.clone()));
+        assert_eq!(parse_annotation(planted).unwrap(), first);
+        // An invalid text gives its error again, from the cache too.
+        let bad = "volumes: [oops";
+        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
+        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
+
+        for i in 0..PARSED_ENTRIES + 10 {
+            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).unwrap();
+        }
+        let last = format!("- {{name: v{}, type: fuse, command: [x]}}", PARSED_ENTRIES + 9);
+        let kept = PARSED.lock().unwrap();
+        assert!(kept.len() <= PARSED_ENTRIES && kept.contains_key(&last), "cleared when full, then kept again");
+        drop(kept);
+        let exact = format!("{:<PARSED_TEXT_BYTES$}", "- {name: exact, type: fuse, command: [x]}");
+        parse_annotation(&exact).unwrap();
+        assert!(PARSED.lock().unwrap().contains_key(&exact), "a text of {PARSED_TEXT_BYTES} bytes is kept");
+        let long = format!("- {{name: long, type: fuse, command: [x, {:?}]}}", "a".repeat(PARSED_TEXT_BYTES));
+        parse_annotation(&long).unwrap();
+        assert!(!PARSED.lock().unwrap().contains_key(&long), "a text over {PARSED_TEXT_BYTES} bytes is not kept");
+    }
+}

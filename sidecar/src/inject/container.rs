@@ -1,0 +1,200 @@
+//! The sidecar container: its spec in `SIDEMOUNT_VOLUMES`, its mounts, probes
+//! and resources, and its place among the pod's containers.
+
+use serde_json::{json, Map, Value};
+
+use super::{
+    name_of, secret_dir, Config, SecretMount, CONTAINER_NAME, ISTIO_PROXY, MOUNT_ROOT, PROBE_TIMEOUT_SECONDS,
+    ROOT_VOLUME, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
+};
+use crate::settings::Mode;
+use crate::spec::RawVolume;
+
+/// The sidecar's spec, for `SIDEMOUNT_VOLUMES`: the served volumes as JSON, with
+/// `secretDir` where each Secret is mounted.
+pub(super) fn sidecar_spec(served: &[RawVolume]) -> String {
+    let specs: Vec<RawVolume> = served
+        .iter()
+        .cloned()
+        .map(|mut raw| {
+            if raw.secret_name.take().is_some() {
+                raw.secret_dir = Some(secret_dir(raw.name.as_deref().unwrap_or_default()));
+            }
+            raw
+        })
+        .collect();
+    serde_json::to_string(&specs).expect("volume specs have string keys only")
+}
+
+/// The container that mounts the volumes, with their spec in `SIDEMOUNT_VOLUMES`.
+pub(super) fn sidecar(
+    specs: String,
+    secret_mounts: &[SecretMount],
+    mode: Mode,
+    resources: Option<Value>,
+    config: &Config,
+) -> Value {
+    let mut mounts = vec![json!({ "name": ROOT_VOLUME, "mountPath": MOUNT_ROOT, "mountPropagation": "Bidirectional" })];
+    mounts.extend(
+        secret_mounts
+            .iter()
+            .map(|m| json!({ "name": m.pod_volume, "mountPath": secret_dir(&m.volume), "readOnly": true })),
+    );
+
+    let mut container = Map::new();
+    container.insert("name".into(), json!(CONTAINER_NAME));
+    container.insert("image".into(), json!(config.image));
+    container.insert("args".into(), json!(["run"]));
+    container.insert(
+        "env".into(),
+        json!([
+            { "name": "SIDEMOUNT_VOLUMES", "value": specs },
+            { "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": humantime::format_duration(config.shutdown_timeout).to_string() },
+        ]),
+    );
+    if mode == Mode::Native {
+        // A restartable init container: a native sidecar (Kubernetes 1.29+). It
+        // must be started (startupProbe) before the next container starts, and
+        // it is stopped only after the app containers have exited.
+        container.insert("restartPolicy".into(), json!("Always"));
+    }
+    if let Some(resources) = resources {
+        container.insert("resources".into(), resources);
+    }
+    // mount(2), FUSE and Bidirectional propagation all need a privileged container.
+    container.insert("securityContext".into(), json!({ "privileged": true }));
+    container.insert(
+        "startupProbe".into(),
+        json!({
+            "exec": { "command": ["sidemount", "probe"] },
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+        }),
+    );
+    container.insert(
+        "livenessProbe".into(),
+        json!({
+            "exec": { "command": ["sidemount", "probe", "--live"] },
+            "periodSeconds": 10,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+            "failureThreshold": 3,
+        }),
+    );
+    container.insert("volumeMounts".into(), Value::Array(mounts));
+    Value::Object(container)
+}
+
+/// Where the sidecar goes in its list: first, or right after `istio-proxy`.
+pub(super) fn sidecar_position(list: &[Value]) -> usize {
+    list.iter().position(|c| name_of(c) == Some(ISTIO_PROXY)).map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::tests::{app, config, injected, pod, FUSE};
+    use crate::inject::*;
+
+    #[test]
+    fn native_sidecar_is_the_first_init_container() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [{ "name": "migrate", "image": "x" }], "containers": [app(json!([{ "name": "data", "mountPath": "/data" }]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let init = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["name"], "sidemount");
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert_eq!(init[0]["image"], "example.org/sidemount:test");
+        assert_eq!(init[0]["args"], json!(["run"]));
+        assert_eq!(init[0]["securityContext"], json!({ "privileged": true }));
+        assert_eq!(
+            init[0]["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/sidemount", "mountPropagation": "Bidirectional" }])
+        );
+        assert_eq!(init[0]["startupProbe"]["exec"]["command"], json!(["sidemount", "probe"]));
+        assert_eq!(init[0]["livenessProbe"]["exec"]["command"], json!(["sidemount", "probe", "--live"]));
+        assert_eq!(init[1]["name"], "migrate");
+        // The app's volume is the root volume's directory, at its own path.
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"],
+            json!([{ "name": "sidemount", "mountPath": "/data", "subPath": "data", "mountPropagation": "HostToContainer" }])
+        );
+        assert_eq!(out["spec"]["volumes"], json!([{ "name": "sidemount", "emptyDir": { "medium": "Memory" } }]));
+        assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], VERSION);
+        let env = &init[0]["env"];
+        assert_eq!(env[1], json!({ "name": "SIDEMOUNT_SHUTDOWN_TIMEOUT", "value": "20s" }));
+        let specs: Vec<RawVolume> = serde_json::from_str(env[0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(specs[0].name.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn legacy_sidecar_is_the_first_container_after_istio() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE, MODE_ANNOTATION: "legacy" }),
+            json!({ "containers": [{ "name": "istio-proxy", "image": "istio" }, app(json!([]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let names: Vec<&str> =
+            out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["istio-proxy", "sidemount", "app"]);
+        assert!(out["spec"]["containers"][1].get("restartPolicy").is_none());
+        assert!(out["spec"].get("initContainers").is_none());
+    }
+
+    #[test]
+    fn native_sidecar_follows_a_native_istio_proxy() {
+        let input = pod(
+            json!({ VOLUMES_ANNOTATION: FUSE }),
+            json!({ "initContainers": [{ "name": "istio-init", "image": "i" }, { "name": "istio-proxy", "image": "i", "restartPolicy": "Always" }], "containers": [app(json!([]))] }),
+        );
+        let out = injected(inject(&input, &config()).unwrap());
+        let names: Vec<&str> =
+            out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["istio-init", "istio-proxy", "sidemount"]);
+    }
+
+    #[test]
+    fn secret_name_becomes_a_read_only_secret_dir() {
+        let spec = "- {name: ofs, type: objectivefs, filesystem: s3://b, secretName: ofs-secret}";
+        let out = injected(
+            inject(&pod(json!({ VOLUMES_ANNOTATION: spec }), json!({ "containers": [app(json!([]))] })), &config())
+                .unwrap(),
+        );
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert_eq!(
+            sidecar["volumeMounts"][1],
+            json!({ "name": "sidemount-secret-ofs", "mountPath": "/etc/sidemount/secrets/ofs", "readOnly": true })
+        );
+        assert_eq!(
+            out["spec"]["volumes"][1],
+            json!({ "name": "sidemount-secret-ofs", "secret": { "secretName": "ofs-secret", "defaultMode": 0o400 } })
+        );
+        let specs: Vec<RawVolume> = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(specs[0].secret_dir.as_deref(), Some(std::path::Path::new("/etc/sidemount/secrets/ofs")));
+        assert_eq!(specs[0].secret_name, None);
+    }
+
+    #[test]
+    fn the_injected_spec_must_fit_the_supervisors_limits() {
+        // A secretName becomes a longer secretDir, and JSON quotes every string: an
+        // annotation within the limit can make a SIDEMOUNT_VOLUMES past it.
+        let annotation: String =
+            (0..1000).map(|i| format!("- name: v{i}\n  type: zfs\n  dataset: p/v{i}\n  secretName: s\n")).collect();
+        assert!(annotation.len() < spec::MAX_SPEC_BYTES);
+        let input = pod(json!({ VOLUMES_ANNOTATION: annotation }), json!({ "containers": [] }));
+        let err = inject(&input, &config()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sidemount.io/volumes: the spec injected into the sidecar (SIDEMOUNT_VOLUMES) is")
+                && err.to_string().contains(&format!("above the limit of {} bytes", spec::MAX_SPEC_BYTES)),
+            "{err}"
+        );
+        // What is injected, the supervisor reads.
+        let input = pod(json!({ VOLUMES_ANNOTATION: FUSE }), json!({ "containers": [] }));
+        let out = injected(inject(&input, &config()).unwrap());
+        let specs = out["spec"]["initContainers"][0]["env"][0]["value"].as_str().unwrap();
+        spec::load(&[spec::SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: specs.into() }]).unwrap();
+    }
+}
