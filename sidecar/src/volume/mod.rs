@@ -8,6 +8,7 @@ pub mod block;
 pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
+mod status;
 pub mod zfs;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
@@ -28,6 +28,8 @@ use crate::mounts::{Mount, MountTable};
 use crate::secrets::Secrets;
 use crate::spec::{Source, Volume};
 use crate::sys::{bounded, Sys, Unmount};
+
+pub use status::{Phase, SharedStatus, Status};
 
 /// A volume that stayed ready this long starts its backoff over.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -122,81 +124,6 @@ impl StageRelease {
         released
     }
 }
-
-/// Where a volume is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Pending,
-    Mounting,
-    Ready,
-    Repairing,
-    Failed,
-    Stopping,
-    Stopped,
-}
-
-/// What `/status`, `/metrics` and `/readyz` know of a volume.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub name: String,
-    pub kind: &'static str,
-    pub mountpoint: PathBuf,
-    pub phase: Phase,
-    /// The last bounded check answered (only meaningful while `Ready`).
-    pub responsive: bool,
-    /// A check still waiting for the kernel, and since when.
-    pub check_started: Option<Instant>,
-    pub pid: Option<i32>,
-    pub restarts: u64,
-    pub repairs: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    /// Counts mounts; a check started on an earlier mount does not speak for this one.
-    pub generation: u64,
-    /// The FUSE connection serving the mount (its device number, as fusectl names it).
-    pub connection: Option<u64>,
-}
-
-impl Status {
-    pub fn new(volume: &Volume, mountpoint: &Path) -> Status {
-        Status {
-            name: volume.name.clone(),
-            kind: volume.source.type_name(),
-            mountpoint: mountpoint.to_path_buf(),
-            phase: Phase::Pending,
-            responsive: false,
-            check_started: None,
-            pid: None,
-            restarts: 0,
-            repairs: 0,
-            errors: 0,
-            last_error: None,
-            generation: 0,
-            connection: None,
-        }
-    }
-
-    /// The state users see: `ready` only when mounted and answering.
-    pub fn state(&self) -> &'static str {
-        match self.phase {
-            Phase::Ready if !self.responsive => "unready",
-            Phase::Ready => "ready",
-            Phase::Pending => "pending",
-            Phase::Mounting => "mounting",
-            Phase::Repairing => "repairing",
-            Phase::Failed => "failed",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.phase == Phase::Ready && self.responsive
-    }
-}
-
-pub type SharedStatus = Arc<Mutex<Status>>;
 
 /// When a stopping volume must be done: clean unmount until `busy`, then
 /// detach and signal the daemon; kill it at `last`.
