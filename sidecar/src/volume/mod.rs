@@ -5,9 +5,13 @@
 //! side by side, and a hung one holds up nobody else.
 
 pub mod block;
+mod check;
 pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
+mod policy;
+mod status;
+mod teardown;
 pub mod zfs;
 
 use std::collections::BTreeMap;
@@ -17,7 +21,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn, Instrument};
@@ -29,24 +32,13 @@ use crate::secrets::Secrets;
 use crate::spec::{Source, Volume};
 use crate::sys::{bounded, Sys, Unmount};
 
-/// A volume that stayed ready this long starts its backoff over.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// The longest wait between two restarts.
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// The second restart waits this long; each later one twice the one before.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// How often a busy mount is tried again while shutting down.
-const BUSY_RETRY: Duration = Duration::from_millis(100);
-/// The most layers of a volume at its mountpoint. A repair covers the dead mount
-/// with the new one (an app that captured the dead one sees only mounts made on
-/// top of it), so each adds a layer; past this many, the topmost dead layer is
-/// detached instead of covered.
-const MAX_LAYERS: usize = 64;
-/// Unmount loops end after this many turns that reported success but left the
-/// count of mounts where it was.
-const STALLS: u32 = 3;
-/// After a second signal, how long a signalled daemon gets to flush and exit.
-const HURRY_GRACE: Duration = Duration::from_secs(1);
+pub use check::{check, check_many, check_when_needed, fuse_connection};
+pub use policy::{backoff, leftovers, Deadlines, Matcher, Owned};
+pub use status::{Phase, SharedStatus, Status};
+pub use teardown::StageRelease;
+
+use policy::{Progress, MAX_LAYERS, STABLE_AFTER};
+
 /// How long a FUSE connection must outlive the sidecar's last mount of it to be
 /// taken as held elsewhere, and how often it is looked at meanwhile.
 const CONNECTION_SETTLE: Duration = Duration::from_millis(300);
@@ -74,148 +66,6 @@ pub struct Context {
     /// The FUSE control filesystem (fusectl), held open: it still answers once the
     /// stage it is mounted in has been detached at shutdown.
     pub fuse_control: Option<Arc<std::fs::File>>,
-}
-
-/// Takes the daemons' mounts at the stage away in one unmount at shutdown.
-/// Unmounting is serialized in the kernel, so with a mount per daemon at the
-/// stage, one per volume at the mountpoint, a shutdown of N volumes made 2N
-/// unmounts one after another. Armed by the supervisor with the count of volumes
-/// stopping; each volume's teardown arrives once its mountpoint is clean, and
-/// the last to arrive detaches the whole stage, which ends every daemon's
-/// connection at once. A teardown that is not part of it, or for which the
-/// release failed, unmounts its own stage mount as before.
-#[derive(Debug, Default)]
-pub struct StageRelease {
-    /// Volumes yet to arrive; zero when not armed.
-    pending: std::sync::atomic::AtomicUsize,
-    /// `Some(true)` once the stage was detached, `Some(false)` if that failed.
-    done: watch::Sender<Option<bool>>,
-}
-
-impl StageRelease {
-    /// Expects `volumes` teardowns to arrive.
-    pub fn arm(&self, volumes: usize) {
-        self.pending.store(volumes, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// One teardown's mountpoint is clean. Returns whether the stage was
-    /// released for it: false when not armed, when the release failed, or when
-    /// the others did not arrive by `until`.
-    async fn arrive(&self, ctx: &Context, until: Instant) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        let Ok(before) = self.pending.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) else { return false };
-        if before == 1 {
-            let (sys, stage) = (ctx.sys.clone(), ctx.stage.clone());
-            let detached =
-                matches!(bounded(ctx.check_timeout, move || sys.unmount(&stage, Unmount::Detach)).await, Ok(Ok(())));
-            if detached {
-                debug!("detached the stage with every daemon's mount in it");
-            }
-            self.done.send_replace(Some(detached));
-            return detached;
-        }
-        let mut done = self.done.subscribe();
-        let released = match tokio::time::timeout_at(until, done.wait_for(|d| d.is_some())).await {
-            Ok(Ok(d)) => *d == Some(true),
-            _ => false,
-        };
-        released
-    }
-}
-
-/// Where a volume is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Pending,
-    Mounting,
-    Ready,
-    Repairing,
-    Failed,
-    Stopping,
-    Stopped,
-}
-
-/// What `/status`, `/metrics` and `/readyz` know of a volume.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub name: String,
-    pub kind: &'static str,
-    pub mountpoint: PathBuf,
-    pub phase: Phase,
-    /// The last bounded check answered (only meaningful while `Ready`).
-    pub responsive: bool,
-    /// A check still waiting for the kernel, and since when.
-    pub check_started: Option<Instant>,
-    pub pid: Option<i32>,
-    pub restarts: u64,
-    pub repairs: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    /// Counts mounts; a check started on an earlier mount does not speak for this one.
-    pub generation: u64,
-    /// The FUSE connection serving the mount (its device number, as fusectl names it).
-    pub connection: Option<u64>,
-}
-
-impl Status {
-    pub fn new(volume: &Volume, mountpoint: &Path) -> Status {
-        Status {
-            name: volume.name.clone(),
-            kind: volume.source.type_name(),
-            mountpoint: mountpoint.to_path_buf(),
-            phase: Phase::Pending,
-            responsive: false,
-            check_started: None,
-            pid: None,
-            restarts: 0,
-            repairs: 0,
-            errors: 0,
-            last_error: None,
-            generation: 0,
-            connection: None,
-        }
-    }
-
-    /// The state users see: `ready` only when mounted and answering.
-    pub fn state(&self) -> &'static str {
-        match self.phase {
-            Phase::Ready if !self.responsive => "unready",
-            Phase::Ready => "ready",
-            Phase::Pending => "pending",
-            Phase::Mounting => "mounting",
-            Phase::Repairing => "repairing",
-            Phase::Failed => "failed",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.phase == Phase::Ready && self.responsive
-    }
-}
-
-pub type SharedStatus = Arc<Mutex<Status>>;
-
-/// When a stopping volume must be done: clean unmount until `busy`, then
-/// detach and signal the daemon; kill it at `last`.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
-    pub busy: Instant,
-    pub last: Instant,
-    /// Part of the shutdown: the stage goes in one unmount (see [`StageRelease`]).
-    pub shutdown: bool,
-}
-
-impl Deadlines {
-    /// Splits a shutdown budget: half for a clean unmount, then detach and
-    /// signal, and a margin before the end for the kill.
-    pub fn within(budget: Duration) -> Deadlines {
-        let now = Instant::now();
-        let margin = (budget / 10).min(Duration::from_secs(1));
-        Deadlines { busy: now + budget / 2, last: now + budget - margin, shutdown: false }
-    }
 }
 
 /// A running volume task.
@@ -270,64 +120,6 @@ impl Handle {
     pub fn owned(&self) -> Owned {
         let mountpoint = self.status.lock().expect("status lock").mountpoint.clone();
         Owned { name: self.volume.name.clone(), mountpoint, matcher: Matcher::for_volume(&self.volume.source) }
-    }
-}
-
-/// A volume's mountpoint and what of it is the volume's (see [`Handle::owned`]).
-#[derive(Debug, Clone)]
-pub struct Owned {
-    pub name: String,
-    pub mountpoint: PathBuf,
-    pub matcher: Matcher,
-}
-
-/// What the volumes still have mounted at their mountpoints, one line per volume
-/// (`data: 2 fuse.bindfs mounts at /sidemount/data`); empty when nothing is left.
-pub fn leftovers(table: &MountTable, volumes: &[Owned]) -> Vec<String> {
-    volumes
-        .iter()
-        .filter_map(|v| {
-            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-            for m in table.at(&v.mountpoint).filter(|m| v.matcher.matches(m)) {
-                *kinds.entry(m.fs_type.as_str()).or_default() += 1;
-            }
-            if kinds.is_empty() {
-                return None;
-            }
-            let what: Vec<String> =
-                kinds.iter().map(|(fs, n)| format!("{n} {fs} mount{}", if *n == 1 { "" } else { "s" })).collect();
-            Some(format!("{}: {} at {}", v.name, what.join(", "), v.mountpoint.display()))
-        })
-        .collect()
-}
-
-/// Which mounts at the mountpoint are this volume's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matcher {
-    /// Any FUSE mount: a daemon names its own subtype.
-    Fuse,
-    /// A kernel mount of this source: the zfs dataset, or the device's real path.
-    Source(String),
-}
-
-impl Matcher {
-    pub fn for_volume(source: &Source) -> Matcher {
-        match source {
-            Source::Fuse { .. } | Source::ObjectiveFs { .. } => Matcher::Fuse,
-            // The source of a zfs mount is its dataset, whatever the mount helper.
-            Source::Zfs { dataset, .. } => Matcher::Source(dataset.clone()),
-            // mountinfo names the device by its real path, not a /dev/disk/by-id link.
-            Source::Block { device, .. } => {
-                Matcher::Source(std::fs::canonicalize(device).unwrap_or_else(|_| device.clone()).display().to_string())
-            }
-        }
-    }
-
-    pub fn matches(&self, mount: &Mount) -> bool {
-        match self {
-            Matcher::Fuse => mount.is_fuse(),
-            Matcher::Source(source) => mount.source == *source,
-        }
     }
 }
 
@@ -399,33 +191,6 @@ impl Stop {
             }
         }
         self.got
-    }
-}
-
-/// Counts the turns of an unmount loop that claimed success and removed nothing.
-#[derive(Default)]
-struct Progress {
-    last: Option<usize>,
-    claimed: bool,
-    stalls: u32,
-}
-
-impl Progress {
-    /// Called at the top of each turn with the mounts left: true once the loop has
-    /// stalled, i.e. the kernel keeps saying yes and nothing goes.
-    fn stalled(&mut self, left: usize) -> bool {
-        match self.last {
-            Some(last) if self.claimed && left >= last => self.stalls += 1,
-            Some(last) if left < last => self.stalls = 0,
-            _ => {}
-        }
-        self.last = Some(left);
-        self.claimed = false;
-        self.stalls >= STALLS
-    }
-
-    fn unmounted(&mut self) {
-        self.claimed = true;
     }
 }
 
@@ -1180,135 +945,6 @@ impl Task {
             } => {}
         }
     }
-
-    /// Takes the volume down by the deadlines: clean unmount, retried while busy;
-    /// at `busy` detach it and signal the daemon; at `last` kill the daemon.
-    /// A kernel mount is detached at once if busy: no daemon holds its data, and
-    /// left mounted on the emptyDir the kubelet's recursive delete would empty it.
-    async fn teardown(&mut self, keeper: Keeper, deadlines: Deadlines) {
-        self.set(|s| s.phase = Phase::Stopping);
-        flush::before_unmount(self, keeper.pid(), deadlines).await;
-        let busy = match keeper {
-            Keeper::Kernel => Instant::now(),
-            Keeper::Daemon(_) => deadlines.busy,
-        };
-        // Every layer: a repaired FUSE volume has the dead mounts it covered below its
-        // own, and an earlier instance may have left any number. The loop ends when
-        // none is left, when unmounting stops making progress, or at `last`.
-        let mut layers = 0;
-        let mut progress = Progress::default();
-        loop {
-            let table = match self.fresh().await {
-                Ok(table) => table,
-                Err(err) => {
-                    error!(%err, "cannot read the mount table; the volume may stay mounted");
-                    break;
-                }
-            };
-            // Any layer of ours at the mountpoint, on top or not: unmount acts on the top.
-            let ours = table.at(&self.mountpoint).filter(|m| self.matcher.matches(m)).count();
-            if ours == 0 {
-                debug!(layers, "no layer left at the mountpoint");
-                break;
-            }
-            if progress.stalled(table.at(&self.mountpoint).count()) {
-                error!(left = ours, "unmounting makes no progress: layers stay at the mountpoint");
-                break;
-            }
-            if Instant::now() >= deadlines.last {
-                error!(left = ours, "shutdown deadline reached: layers stay at the mountpoint");
-                break;
-            }
-            match self.unmount(Unmount::Clean).await {
-                Ok(()) => layers += 1,
-                Err(UnmountError::Refused(Errno::EBUSY)) if Instant::now() < busy && !*self.ctx.hurry.borrow() => {
-                    debug!("busy; trying again");
-                    let retry = Instant::now() + BUSY_RETRY.min(busy.saturating_duration_since(Instant::now()));
-                    self.until(retry, Duration::ZERO).await;
-                    continue;
-                }
-                Err(UnmountError::Refused(Errno::EBUSY)) => match self.unmount(Unmount::Detach).await {
-                    Ok(()) => {
-                        layers += 1;
-                        warn!("still busy at the deadline: detached; open files keep it alive until they close");
-                    }
-                    Err(err) => {
-                        error!(%err, "the busy mount could not be detached");
-                        break;
-                    }
-                },
-                Err(UnmountError::Refused(errno @ (Errno::EINVAL | Errno::ENOENT))) => {
-                    // Gone meanwhile, or not unmountable: the next turn reads the table again,
-                    // and the progress guard ends a loop that keeps getting this.
-                    debug!(%errno, "nothing unmounted");
-                }
-                Err(err) => {
-                    warn!(%err, "clean unmount impossible: aborting and detaching");
-                    if let Err(err) = self.unmount(Unmount::Abort).await {
-                        error!(%err, "the mount could not be detached");
-                        break;
-                    }
-                    layers += 1;
-                }
-            }
-            progress.unmounted();
-        }
-        if layers > 0 {
-            info!(layers, "unmounted");
-        }
-        let released =
-            self.has_daemon() && deadlines.shutdown && self.ctx.stage_release.arrive(&self.ctx, deadlines.busy).await;
-        if self.has_daemon() && !released {
-            // The daemon's own mount: with every bind of it gone, the daemon sees its
-            // connection end, flushes and exits.
-            if let Err(message) = self.release_stage(false).await {
-                error!(%message, "the staged mount could not be removed");
-            }
-        }
-        if let Keeper::Daemon(mut daemon) = keeper {
-            let children = self.ctx.children.clone();
-            let pid = daemon.pid();
-            // With every mount of ours gone, a daemon whose connection the kernel still
-            // keeps serves a mount held outside the sidecar (the kubelet's bind of a
-            // `subPath` lasts until the sidecar has exited): it would wait for its
-            // connection to end until `busy`, so it is told to stop now.
-            let held = self.connection_held_elsewhere().await;
-            let signal_at = if held { Instant::now() } else { deadlines.busy };
-            let exited = tokio::select! {
-                status = daemon.wait(&children) => Some(status),
-                _ = self.until(signal_at, Duration::ZERO) => None,
-            };
-            let status = match exited {
-                Some(status) => status,
-                None => {
-                    if held {
-                        info!(pid, "the daemon's connection outlives every mount of ours (a bind held outside the sidecar): SIGTERM");
-                    } else {
-                        info!(pid, "daemon still running at the deadline: SIGTERM");
-                    }
-                    daemon.signal(Signal::SIGTERM);
-                    tokio::select! {
-                        status = daemon.wait(&children) => status,
-                        _ = self.until(deadlines.last, HURRY_GRACE) => {
-                            warn!(pid, "daemon ignored SIGTERM: SIGKILL; whatever it had not flushed is lost");
-                            daemon.signal(Signal::SIGKILL);
-                            daemon.wait(&children).await
-                        }
-                    }
-                }
-            };
-            info!(pid, status = %describe_exit(&status), "daemon exited");
-            // A daemon that was killed, or never bound, may have left its mount at the
-            // stage: private, but it goes too.
-            if let Err(message) = self.release_stage(true).await {
-                error!(%message, "the staged mount could not be removed");
-            }
-        }
-        self.set(|s| {
-            s.phase = Phase::Stopped;
-            s.pid = None;
-        });
-    }
 }
 
 /// A volume's secrets: its secretDir read under `timeout` (see
@@ -1328,16 +964,6 @@ pub async fn secrets_of(
     }
 }
 
-/// After `failures` consecutive failures: the first repair at once, then
-/// capped exponential backoff.
-pub fn backoff(failures: u32) -> Duration {
-    if failures <= 1 {
-        return Duration::ZERO;
-    }
-    let factor = 1u32.checked_shl(failures.saturating_sub(2)).unwrap_or(u32::MAX);
-    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
-}
-
 /// A dropped handle means the supervisor is gone: take the volume down quickly.
 fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
@@ -1351,308 +977,9 @@ enum UnmountError {
     Hung,
 }
 
-/// Checks one ready volume with a bounded `statfs`.
-pub async fn check(status: &SharedStatus, sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
-    check_many(std::slice::from_ref(status), sys, timeout).await
-}
-
-/// Checks ready volumes with bounded `statfs` calls, one after another on one
-/// thread, so a periodic check of many volumes costs one wakeup. When that
-/// batch misses its deadline, the volume it is stuck on is marked not
-/// answering and every volume it had not reached is checked at once, each on
-/// a thread of its own: the whole check takes at most twice `timeout`, however
-/// many volumes hang. A volume whose earlier check still waits on the kernel
-/// is not checked again: a hung mount holds one thread, not one per probe.
-/// True when every volume given is ready.
-pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: Duration) -> bool {
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-
-    type Item = (SharedStatus, PathBuf, u64);
-    fn check_one(sys: &dyn Sys, (status, mountpoint, generation): &Item) {
-        let result = sys.statfs(mountpoint);
-        let mut s = status.lock().expect("status lock");
-        if s.generation == *generation {
-            s.check_started = None;
-            record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
-        }
-    }
-    fn not_answering((status, _, generation): &Item, timeout: Duration) {
-        let mut s = status.lock().expect("status lock");
-        // Still waiting on this check: it answered right at the deadline otherwise.
-        if s.generation == *generation && s.check_started.is_some() {
-            let message = format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-            record_check(&mut s, Err(message));
-        }
-    }
-
-    let mut queue: Vec<Item> = Vec::new();
-    for status in statuses {
-        let mut s = status.lock().expect("status lock");
-        if s.phase != Phase::Ready {
-            continue;
-        }
-        match s.check_started {
-            Some(started) => {
-                if started.elapsed() >= timeout && s.responsive {
-                    let message =
-                        format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-                    record_check(&mut s, Err(message));
-                }
-            }
-            None => {
-                s.check_started = Some(Instant::now());
-                queue.push((status.clone(), s.mountpoint.clone(), s.generation));
-            }
-        }
-    }
-    if !queue.is_empty() {
-        let batch: Arc<[Item]> = queue.into();
-        // The index of the next volume the batch thread takes; usize::MAX once the
-        // batch is given up, so the thread takes no more after its stuck call.
-        let next = Arc::new(AtomicUsize::new(0));
-        let (worker_batch, worker_next, worker_sys) = (batch.clone(), next.clone(), sys.clone());
-        let finished = bounded(timeout, move || {
-            while let Ok(i) = worker_next.fetch_update(SeqCst, SeqCst, |i| (i != usize::MAX).then_some(i + 1)) {
-                let Some(item) = worker_batch.get(i) else { return };
-                check_one(worker_sys.as_ref(), item);
-            }
-        })
-        .await;
-        if finished.is_err() {
-            let taken = next.swap(usize::MAX, SeqCst).min(batch.len());
-            // The call the batch thread is in is waiting on the kernel.
-            if let Some(stuck) = taken.checked_sub(1).and_then(|i| batch.get(i)) {
-                not_answering(stuck, timeout);
-            }
-            let mut rest = tokio::task::JoinSet::new();
-            for item in batch.iter().skip(taken) {
-                let (sys, item, probe) = (sys.clone(), item.clone(), item.clone());
-                rest.spawn(async move {
-                    if bounded(timeout, move || check_one(sys.as_ref(), &probe)).await.is_err() {
-                        not_answering(&item, timeout);
-                    }
-                });
-            }
-            while rest.join_next().await.is_some() {}
-        }
-    }
-    statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
-}
-
-/// The periodic check, which asks a daemon only when its answer can be in
-/// doubt. The kernel counts the requests each FUSE connection has sent its
-/// daemon and not had answered (fusectl's `waiting`, read without involving the
-/// daemon): a volume that answered its last check and has none waiting is
-/// ready, and its daemon is left asleep. Every other volume (requests waiting,
-/// not answering before, not FUSE, no fusectl) is checked with bounded `statfs`
-/// calls as [`check_many`] does. A hung daemon is found as soon as anything
-/// waits on it; an idle supervisor with idle volumes wakes once per interval.
-pub async fn check_when_needed(
-    statuses: &[SharedStatus],
-    sys: &Arc<dyn Sys>,
-    timeout: Duration,
-    connections: Option<&Path>,
-) -> bool {
-    let quiet = |s: &Status| {
-        let (Some(dir), Some(connection)) = (connections, s.connection) else { return false };
-        let waiting = std::fs::read_to_string(dir.join(connection.to_string()).join("waiting"));
-        s.is_ready() && s.check_started.is_none() && waiting.is_ok_and(|w| w.trim() == "0")
-    };
-    let asked: Vec<SharedStatus> =
-        statuses.iter().filter(|s| !quiet(&s.lock().expect("status lock"))).cloned().collect();
-    if !asked.is_empty() {
-        check_many(&asked, sys, timeout).await;
-    }
-    statuses.iter().all(|s| s.lock().expect("status lock").is_ready())
-}
-
-/// The name fusectl gives a connection: the kernel's device number of its
-/// superblock (`major << 20 | minor`).
-pub fn fuse_connection((major, minor): (u32, u32)) -> u64 {
-    (u64::from(major) << 20) | u64::from(minor)
-}
-
-fn record_check(s: &mut Status, result: Result<(), String>) {
-    match result {
-        Ok(()) => {
-            if !s.responsive {
-                debug!(volume = %s.name, "mountpoint answers");
-            }
-            s.responsive = true;
-        }
-        Err(message) => {
-            if s.responsive {
-                warn!(volume = %s.name, %message, "mountpoint not answering");
-            }
-            s.responsive = false;
-            s.last_error = Some(message);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_starts_at_once_and_is_capped() {
-        assert_eq!(backoff(1), Duration::ZERO);
-        assert_eq!(backoff(2), Duration::from_millis(500));
-        assert_eq!(backoff(3), Duration::from_secs(1));
-        assert_eq!(backoff(4), Duration::from_secs(2));
-        assert_eq!(backoff(10), BACKOFF_CAP);
-        assert_eq!(backoff(200), BACKOFF_CAP);
-    }
-
-    /// A kernel stand-in whose statfs hangs (for a few seconds) on every
-    /// mountpoint whose name starts with "hung", and counts the calls.
-    #[derive(Default)]
-    struct HungSys(std::sync::atomic::AtomicUsize);
-    impl Sys for HungSys {
-        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn statfs(&self, target: &Path) -> Result<(), Errno> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
-                std::thread::sleep(Duration::from_secs(3));
-            }
-            Ok(())
-        }
-        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn has_cap_sys_admin(&self) -> bool {
-            true
-        }
-    }
-
-    fn ready(name: &str) -> SharedStatus {
-        let volume = Volume {
-            name: name.into(),
-            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
-            options: vec![],
-            env: Default::default(),
-            secret_dir: None,
-            secret_name: None,
-            uid: None,
-            gid: None,
-        };
-        let mut status = Status::new(&volume, &Path::new("/sidemount").join(name));
-        status.phase = Phase::Ready;
-        status.responsive = true;
-        Arc::new(Mutex::new(status))
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn many_hung_volumes_cost_at_most_two_timeouts() {
-        let sys: Arc<dyn Sys> = Arc::new(HungSys::default());
-        let timeout = Duration::from_millis(300);
-        // Healthy ones before, between and after the hung ones.
-        let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
-        let statuses: Vec<SharedStatus> = names.iter().map(|n| ready(n)).collect();
-        let started = Instant::now();
-        let ready_all = check_many(&statuses, &sys, timeout).await;
-        let took = started.elapsed();
-        assert!(!ready_all);
-        // One after another this took six timeouts (1.8 s).
-        assert!(took < timeout * 2 + Duration::from_millis(250), "the check took {took:?}");
-        for (name, status) in names.iter().zip(&statuses) {
-            let s = status.lock().unwrap();
-            assert_eq!(s.responsive, !name.starts_with("hung"), "{name}: {s:?}");
-        }
-        // The hung ones still hold their one thread each: not checked again, and
-        // the second check is quick.
-        let started = Instant::now();
-        check_many(&statuses, &sys, timeout).await;
-        assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn the_periodic_check_asks_only_daemons_with_requests_waiting() {
-        let counting = Arc::new(HungSys::default());
-        let sys: Arc<dyn Sys> = counting.clone();
-        let control = tempfile::tempdir().unwrap();
-        for (connection, waiting) in [(41, "0\n"), (42, "3\n")] {
-            std::fs::create_dir(control.path().join(connection.to_string())).unwrap();
-            std::fs::write(control.path().join(connection.to_string()).join("waiting"), waiting).unwrap();
-        }
-        let (quiet, busy, unknown) = (ready("quiet"), ready("busy"), ready("unknown"));
-        quiet.lock().unwrap().connection = Some(41);
-        busy.lock().unwrap().connection = Some(42);
-        let all = [quiet.clone(), busy.clone(), unknown.clone()];
-        let timeout = Duration::from_secs(2);
-        assert!(check_when_needed(&all, &sys, timeout, Some(control.path())).await);
-        // The busy one and the one without a known connection were asked; the quiet one not.
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
-        // Without fusectl every daemon is asked.
-        assert!(check_when_needed(&all, &sys, timeout, None).await);
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 5);
-        // One that did not answer last time is asked, waiting or not.
-        quiet.lock().unwrap().responsive = false;
-        assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(control.path())).await);
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 6);
-        assert_eq!(fuse_connection((0, 57)), 57);
-        assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
-    }
-
-    #[test]
-    fn leftovers_name_each_volume_with_mounts_of_its_own() {
-        let text = "1400 1390 0:120 / / rw master:1 - overlay overlay rw\n\
-                    1501 1400 0:140 / /sidemount/data rw shared:430 - tmpfs tmpfs rw\n\
-                    1601 1501 0:141 / /sidemount/data rw shared:431 - fuse.bindfs bindfs rw\n\
-                    1602 1601 0:142 / /sidemount/data rw shared:432 - fuse.bindfs bindfs rw\n\
-                    1502 1400 0:143 / /sidemount/disk rw shared:433 - tmpfs tmpfs rw\n\
-                    1603 1502 7:3 / /sidemount/disk rw shared:434 - ext4 /dev/loop3 rw\n\
-                    1504 1400 0:144 / /sidemount/clean rw shared:435 - tmpfs tmpfs rw\n";
-        let table = MountTable::parse(text.as_bytes()).unwrap();
-        let owned = |name: &str, matcher: Matcher| Owned {
-            name: name.into(),
-            mountpoint: Path::new("/sidemount").join(name),
-            matcher,
-        };
-        let volumes = [
-            owned("data", Matcher::Fuse),
-            owned("disk", Matcher::Source("/dev/loop3".into())),
-            owned("clean", Matcher::Fuse),
-        ];
-        assert_eq!(
-            leftovers(&table, &volumes),
-            [
-                "data: 2 fuse.bindfs mounts at /sidemount/data".to_string(),
-                "disk: 1 ext4 mount at /sidemount/disk".to_string(),
-            ]
-        );
-        // The pod volume's own bind is not the volume's: nothing left.
-        assert!(leftovers(&table, &[owned("disk", Matcher::Source("/dev/loop9".into()))]).is_empty());
-    }
-
-    #[test]
-    fn unmount_loops_end_when_nothing_goes() {
-        let mut p = Progress::default();
-        // Each claimed unmount takes one away: never stalled, however many there are.
-        for left in (1..=500).rev() {
-            assert!(!p.stalled(left));
-            p.unmounted();
-        }
-        // Busy turns (nothing claimed) are not stalls: the deadline bounds them.
-        let mut p = Progress::default();
-        for _ in 0..100 {
-            assert!(!p.stalled(7));
-        }
-        // Claimed, and the count stays: STALLS such turns, and the next check ends the loop.
-        let turns = (0..10)
-            .take_while(|_| {
-                let stalled = p.stalled(7);
-                p.unmounted();
-                !stalled
-            })
-            .count();
-        assert_eq!(turns, STALLS as usize);
-    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_stop_is_seen_by_every_later_step() {
@@ -1669,22 +996,5 @@ mod tests {
         let (tx, rx) = oneshot::channel::<Deadlines>();
         drop(tx);
         assert!(Stop::new(rx).requested().is_some());
-    }
-
-    #[test]
-    fn deadlines_fit_the_budget() {
-        // Half the budget for a clean unmount; the kill a tenth before the end, at
-        // most a second: each deadline lies between its value from just before and
-        // just after the call, so a split off either way fails.
-        for (budget, busy, last) in [
-            (Duration::from_secs(20), Duration::from_secs(10), Duration::from_secs(19)),
-            (Duration::from_secs(2), Duration::from_secs(1), Duration::from_millis(1800)),
-        ] {
-            let before = Instant::now();
-            let d = Deadlines::within(budget);
-            let after = Instant::now();
-            assert!(before + busy <= d.busy && d.busy <= after + busy, "{budget:?}: busy {:?}", d.busy - before);
-            assert!(before + last <= d.last && d.last <= after + last, "{budget:?}: last {:?}", d.last - before);
-        }
     }
 }
