@@ -912,8 +912,6 @@ impl Task {
         debug!(status = %describe_exit(&status), "daemon ended");
     }
 
-    /// Sleeps until `at`, or, once a second signal says not to wait any more,
-    /// for `grace` at most.
     /// Whether the kernel keeps this volume's FUSE connection although every mount
     /// of it in the sidecar is gone: it ends a connection when its last mount goes,
     /// so one that is still there after [`CONNECTION_SETTLE`] is held by a mount in
@@ -935,6 +933,8 @@ impl Task {
         }
     }
 
+    /// Sleeps until `at`, or, once a second signal says not to wait any more,
+    /// for `grace` at most.
     async fn until(&self, at: Instant, grace: Duration) {
         let mut hurry = self.ctx.hurry.clone();
         tokio::select! {
