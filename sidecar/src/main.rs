@@ -1,6 +1,8 @@
 //! The `sidemount` binary: parse the command, load settings, call the library,
 //! map errors to exit codes.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -176,7 +178,7 @@ fn run(settings: Settings) -> ExitCode {
             // The refusal is one line per problem on stderr, whatever the log format.
             tracing::error!("{err}");
             eprintln!("sidemount: {err}");
-            ExitCode::from(err.exit_code() as u8)
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -70,11 +70,11 @@ pub enum RunError {
 
 impl RunError {
     /// Exit codes of the contract: 64 invalid specs, 78 an environment that can't work.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::InvalidSpec(_) => 64,
-            RunError::CutShort(_) | RunError::Unflushed(_) | RunError::LeftMounted(_) => 1,
-            _ => 78,
+            RunError::InvalidSpec(_) => crate::exit::INVALID,
+            RunError::CutShort(_) | RunError::Unflushed(_) | RunError::LeftMounted(_) => crate::exit::FAILURE,
+            _ => crate::exit::ENVIRONMENT,
         }
     }
 }

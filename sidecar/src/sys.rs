@@ -7,6 +7,9 @@
 //! at a deadline. A stuck thread stays stuck until the kernel lets go, so the
 //! supervisor keeps at most one outstanding check per volume.
 
+// The kernel seam: the one module allowed unsafe code and the raw mount calls.
+#![allow(unsafe_code, clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -250,10 +253,7 @@ pub fn limit_malloc_arenas() {
 /// Makes this process the reaper of orphaned descendants, as PID 1 is, so a
 /// mount helper that forks and exits is reaped here (see `daemon::reap_orphans`).
 pub fn become_subreaper() -> Result<(), Errno> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers and only sets a flag
-    // on the calling process.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    Errno::result(rc).map(|_| ())
+    nix::sys::prctl::set_child_subreaper(true)
 }
 
 /// The most open files the supervisor asks for: enough for every volume and
@@ -288,16 +288,9 @@ pub fn watch_fd<T: OwnsFd>(inner: T, interest: tokio::io::Interest) -> std::io::
 /// Context switches of the whole process, every thread it ever had included:
 /// each one is a wakeup (or a preemption), the measure of what idling costs.
 pub fn context_switches() -> u64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes one rusage into the pointer it is given, which points
-    // to zeroed memory of the right size and alignment.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return 0;
-    }
-    // SAFETY: getrusage returned 0, so it filled the struct.
-    let usage = unsafe { usage.assume_init() };
-    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map_or(0, |usage| (usage.voluntary_context_switches() + usage.involuntary_context_switches()) as u64)
 }
 
 /// Whether the FUSE connection `connection` (fusectl's name for it, see
