@@ -301,29 +301,16 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
 mod tests {
     use super::*;
     use crate::spec::{Source, Volume};
+    use crate::sys::fake::{self, Answer, FakeSys};
     use crate::volume::{Phase, Status};
 
-    struct NoSys;
-    impl Sys for NoSys {
-        fn unmount(&self, _: &std::path::Path, _: crate::sys::Unmount) -> Result<(), nix::errno::Errno> {
-            Ok(())
-        }
-        fn statfs(&self, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
-            Err(nix::errno::Errno::ENOTCONN)
-        }
-        fn bind(&self, _: &std::path::Path, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
-            Ok(())
-        }
-        fn private_tmpfs(&self, _: &std::path::Path) -> Result<(), nix::errno::Errno> {
-            Ok(())
-        }
-        fn has_cap_sys_admin(&self) -> bool {
-            true
-        }
+    /// A kernel whose statfs fails: every mount is dead.
+    fn dead_mounts() -> Arc<FakeSys> {
+        Arc::new(FakeSys::new().answer(fake::Method::Statfs, Answer::Err(nix::errno::Errno::ENOTCONN)))
     }
 
     fn registry_with(phase: Phase) -> Arc<Registry> {
-        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        let registry = Registry::new(dead_mounts(), Duration::from_millis(200));
         let volume = Volume {
             name: "data".into(),
             source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
@@ -362,7 +349,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn no_volumes_is_ready() {
-        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        let registry = Registry::new(dead_mounts(), Duration::from_millis(200));
         assert_eq!(route(&registry, &Method::GET, "/readyz").await.0, StatusCode::OK);
     }
 
@@ -377,7 +364,7 @@ mod tests {
     async fn connections_are_capped_and_idle_ones_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let registry = Registry::new(Arc::new(NoSys), Duration::from_millis(200));
+        let registry = Registry::new(dead_mounts(), Duration::from_millis(200));
         let limits = Limits { connections: 4, idle: Duration::from_millis(700) };
         let server = tokio::spawn(serve(listener, registry.clone(), limits));
 

@@ -304,6 +304,209 @@ pub fn fuse_connection_exists(control: &std::fs::File, connection: u64) -> Optio
     }
 }
 
+/// A kernel stand-in for unit tests: records every call made to it (which
+/// method, which paths, which flags) and answers each from a script kept per
+/// method: success, an errno, or a hang (for a while, or until released), as
+/// a hung FUSE daemon makes the kernel hang.
+#[cfg(test)]
+pub mod fake {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use nix::errno::Errno;
+    use nix::mount::MsFlags;
+
+    use super::{Sys, Unmount};
+
+    /// A method of [`Sys`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Method {
+        Unmount,
+        Statfs,
+        Bind,
+        PrivateTmpfs,
+        HasCapSysAdmin,
+        BindFlags,
+        RemountBind,
+        FuseControl,
+    }
+
+    /// One call made to the fake, with its arguments.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        Unmount(PathBuf, Unmount),
+        Statfs(PathBuf),
+        Bind(PathBuf, PathBuf),
+        PrivateTmpfs(PathBuf),
+        HasCapSysAdmin,
+        BindFlags(PathBuf),
+        RemountBind(PathBuf, MsFlags),
+        FuseControl(PathBuf),
+    }
+
+    impl Call {
+        pub fn method(&self) -> Method {
+            match self {
+                Call::Unmount(..) => Method::Unmount,
+                Call::Statfs(_) => Method::Statfs,
+                Call::Bind(..) => Method::Bind,
+                Call::PrivateTmpfs(_) => Method::PrivateTmpfs,
+                Call::HasCapSysAdmin => Method::HasCapSysAdmin,
+                Call::BindFlags(_) => Method::BindFlags,
+                Call::RemountBind(..) => Method::RemountBind,
+                Call::FuseControl(_) => Method::FuseControl,
+            }
+        }
+
+        /// The mount the call is about (the target; none for the capability check).
+        pub fn target(&self) -> Option<&Path> {
+            match self {
+                Call::Unmount(p, _)
+                | Call::Statfs(p)
+                | Call::Bind(_, p)
+                | Call::PrivateTmpfs(p)
+                | Call::BindFlags(p)
+                | Call::RemountBind(p, _)
+                | Call::FuseControl(p) => Some(p),
+                Call::HasCapSysAdmin => None,
+            }
+        }
+    }
+
+    /// How the fake answers a call.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Answer {
+        /// Success (`has_cap_sys_admin` says yes; `bind_flags` gives the fake's flags).
+        Ok,
+        /// Fails with this errno (`has_cap_sys_admin` says no).
+        Err(Errno),
+        /// Sleeps this long, then succeeds.
+        HangFor(Duration),
+        /// Blocks until [`FakeSys::release`], then succeeds.
+        HangUntilReleased,
+    }
+
+    type Matches = Box<dyn Fn(&Path) -> bool + Send + Sync>;
+
+    /// The recording, scripted kernel. Unscripted calls succeed, except those a
+    /// [`Sys`] need not know (`bind_flags`, `remount_bind`, `fuse_control`),
+    /// which fail with ENOSYS as the trait's defaults do.
+    #[derive(Default)]
+    pub struct FakeSys {
+        calls: Mutex<Vec<Call>>,
+        /// Per method, the answers for targets matching; the last one scripted wins.
+        script: Mutex<Vec<(Method, Option<Matches>, Answer)>>,
+        flags: Mutex<Option<MsFlags>>,
+        released: Mutex<bool>,
+        release: Condvar,
+    }
+
+    impl FakeSys {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Answers every call of `method` with `answer`.
+        pub fn answer(self, method: Method, answer: Answer) -> Self {
+            self.script.lock().unwrap().push((method, None, answer));
+            self
+        }
+
+        /// Answers calls of `method` whose target matches with `answer`.
+        pub fn answer_when(
+            self,
+            method: Method,
+            matches: impl Fn(&Path) -> bool + Send + Sync + 'static,
+            answer: Answer,
+        ) -> Self {
+            self.script.lock().unwrap().push((method, Some(Box::new(matches)), answer));
+            self
+        }
+
+        /// The flags `bind_flags` gives when it succeeds.
+        pub fn with_bind_flags(self, flags: MsFlags) -> Self {
+            *self.flags.lock().unwrap() = Some(flags);
+            self
+        }
+
+        /// Lets every call hanging until released (now and later) return.
+        pub fn release(&self) {
+            *self.released.lock().unwrap() = true;
+            self.release.notify_all();
+        }
+
+        /// Every call made so far, in order.
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        /// How many calls of `method` were made so far.
+        pub fn count(&self, method: Method) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| c.method() == method).count()
+        }
+
+        /// Records `call`, then answers it as scripted (after any hang).
+        fn call(&self, call: Call) -> Result<(), Errno> {
+            let method = call.method();
+            let target = call.target().map(Path::to_path_buf);
+            self.calls.lock().unwrap().push(call);
+            let scripted = self
+                .script
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|(m, matches, _)| {
+                    *m == method && matches.as_ref().is_none_or(|f| target.as_deref().is_some_and(f))
+                })
+                .map(|(_, _, answer)| *answer);
+            let unknown = matches!(method, Method::BindFlags | Method::RemountBind | Method::FuseControl);
+            match scripted {
+                None if unknown => Err(Errno::ENOSYS),
+                None | Some(Answer::Ok) => Ok(()),
+                Some(Answer::Err(errno)) => Err(errno),
+                Some(Answer::HangFor(time)) => {
+                    std::thread::sleep(time);
+                    Ok(())
+                }
+                Some(Answer::HangUntilReleased) => {
+                    let released = self.released.lock().unwrap();
+                    drop(self.release.wait_while(released, |released| !*released).unwrap());
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    impl Sys for FakeSys {
+        fn unmount(&self, target: &Path, how: Unmount) -> Result<(), Errno> {
+            self.call(Call::Unmount(target.into(), how))
+        }
+        fn statfs(&self, target: &Path) -> Result<(), Errno> {
+            self.call(Call::Statfs(target.into()))
+        }
+        fn bind(&self, source: &Path, target: &Path) -> Result<(), Errno> {
+            self.call(Call::Bind(source.into(), target.into()))
+        }
+        fn private_tmpfs(&self, target: &Path) -> Result<(), Errno> {
+            self.call(Call::PrivateTmpfs(target.into()))
+        }
+        fn has_cap_sys_admin(&self) -> bool {
+            self.call(Call::HasCapSysAdmin).is_ok()
+        }
+        fn bind_flags(&self, target: &Path) -> Result<MsFlags, Errno> {
+            self.call(Call::BindFlags(target.into())).map(|()| self.flags.lock().unwrap().unwrap_or(MsFlags::empty()))
+        }
+        fn remount_bind(&self, target: &Path, flags: MsFlags) -> Result<(), Errno> {
+            self.call(Call::RemountBind(target.into(), flags))
+        }
+        fn fuse_control(&self, target: &Path) -> Result<(), Errno> {
+            self.call(Call::FuseControl(target.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

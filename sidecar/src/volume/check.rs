@@ -155,36 +155,15 @@ fn record_check(s: &mut Status, result: Result<(), String>) {
 mod tests {
     use std::sync::Mutex;
 
-    use nix::errno::Errno;
-
     use super::*;
     use crate::spec::{Source, Volume};
-    use crate::sys::Unmount;
+    use crate::sys::fake::{Answer, FakeSys, Method};
 
-    /// A kernel stand-in whose statfs hangs (for a few seconds) on every
-    /// mountpoint whose name starts with "hung", and counts the calls.
-    #[derive(Default)]
-    struct HungSys(std::sync::atomic::AtomicUsize);
-    impl Sys for HungSys {
-        fn unmount(&self, _: &Path, _: Unmount) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn statfs(&self, target: &Path) -> Result<(), Errno> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung")) {
-                std::thread::sleep(Duration::from_secs(3));
-            }
-            Ok(())
-        }
-        fn bind(&self, _: &Path, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn private_tmpfs(&self, _: &Path) -> Result<(), Errno> {
-            Ok(())
-        }
-        fn has_cap_sys_admin(&self) -> bool {
-            true
-        }
+    /// A kernel whose statfs hangs (for a few seconds) on every mountpoint
+    /// whose name starts with "hung".
+    fn hung_sys() -> FakeSys {
+        let hung = |target: &Path| target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hung"));
+        FakeSys::new().answer_when(Method::Statfs, hung, Answer::HangFor(Duration::from_secs(3)))
     }
 
     fn ready(name: &str) -> SharedStatus {
@@ -206,7 +185,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn many_hung_volumes_cost_at_most_two_timeouts() {
-        let sys: Arc<dyn Sys> = Arc::new(HungSys::default());
+        let sys: Arc<dyn Sys> = Arc::new(hung_sys());
         let timeout = Duration::from_millis(300);
         // Healthy ones before, between and after the hung ones.
         let names = ["a", "hung1", "hung2", "b", "hung3", "hung4", "hung5", "hung6", "c"];
@@ -230,7 +209,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_periodic_check_asks_only_daemons_with_requests_waiting() {
-        let counting = Arc::new(HungSys::default());
+        let counting = Arc::new(hung_sys());
         let sys: Arc<dyn Sys> = counting.clone();
         let control = tempfile::tempdir().unwrap();
         for (connection, waiting) in [(41, "0\n"), (42, "3\n")] {
@@ -244,14 +223,14 @@ mod tests {
         let timeout = Duration::from_secs(2);
         assert!(check_when_needed(&all, &sys, timeout, Some(control.path())).await);
         // The busy one and the one without a known connection were asked; the quiet one not.
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(counting.count(Method::Statfs), 2);
         // Without fusectl every daemon is asked.
         assert!(check_when_needed(&all, &sys, timeout, None).await);
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(counting.count(Method::Statfs), 5);
         // One that did not answer last time is asked, waiting or not.
         quiet.lock().unwrap().responsive = false;
         assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(control.path())).await);
-        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert_eq!(counting.count(Method::Statfs), 6);
         assert_eq!(fuse_connection((0, 57)), 57);
         assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
     }
