@@ -424,10 +424,10 @@ pub mod fake {
             self
         }
 
-        /// The flags `bind_flags` gives when it succeeds.
+        /// Answers `bind_flags` with `flags`.
         pub fn with_bind_flags(self, flags: MsFlags) -> Self {
             *self.flags.lock().unwrap() = Some(flags);
-            self
+            self.answer(Method::BindFlags, Answer::Ok)
         }
 
         /// Lets every call hanging until released (now and later) return.
@@ -509,6 +509,8 @@ pub mod fake {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn thread_count() -> usize {
@@ -528,5 +530,44 @@ mod tests {
         let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
         assert_eq!(stuck, Err(TimedOut(Duration::from_millis(50))));
         assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_fake_records_calls_and_answers_as_scripted() {
+        use fake::{Answer, Call, FakeSys, Method};
+        let sys = Arc::new(
+            FakeSys::new()
+                .answer(Method::Statfs, Answer::Err(Errno::EINVAL))
+                .answer_when(Method::Statfs, |p| p.ends_with("hung"), Answer::HangUntilReleased)
+                .answer(Method::HasCapSysAdmin, Answer::Err(Errno::EPERM))
+                .with_bind_flags(MsFlags::MS_RDONLY),
+        );
+        // A bounded call that fails gives the error, in time.
+        let (dead, called) = (Path::new("/m/dead"), sys.clone());
+        assert_eq!(bounded(Duration::from_secs(5), move || called.statfs(dead)).await, Ok(Err(Errno::EINVAL)));
+        // One that hangs gives up at its deadline, and returns once released.
+        let (hung, called) = (Path::new("/m/hung"), sys.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stuck = bounded(Duration::from_millis(100), move || tx.send(called.statfs(hung)).unwrap()).await;
+        assert_eq!(stuck, Err(TimedOut(Duration::from_millis(100))));
+        sys.release();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
+        // Unscripted calls succeed, except those a fake kernel need not know.
+        assert_eq!(sys.unmount(Path::new("/m/a"), Unmount::Abort), Ok(()));
+        assert!(!sys.has_cap_sys_admin());
+        assert_eq!(sys.bind_flags(Path::new("/m/a")), Ok(MsFlags::MS_RDONLY));
+        assert_eq!(sys.remount_bind(Path::new("/m/a"), MsFlags::MS_NOSUID), Err(Errno::ENOSYS));
+        assert_eq!(
+            sys.calls(),
+            [
+                Call::Statfs("/m/dead".into()),
+                Call::Statfs("/m/hung".into()),
+                Call::Unmount("/m/a".into(), Unmount::Abort),
+                Call::HasCapSysAdmin,
+                Call::BindFlags("/m/a".into()),
+                Call::RemountBind("/m/a".into(), MsFlags::MS_NOSUID),
+            ]
+        );
+        assert_eq!(sys.count(Method::Statfs), 2);
     }
 }

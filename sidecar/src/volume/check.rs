@@ -155,9 +155,11 @@ fn record_check(s: &mut Status, result: Result<(), String>) {
 mod tests {
     use std::sync::Mutex;
 
+    use nix::errno::Errno;
+
     use super::*;
     use crate::spec::{Source, Volume};
-    use crate::sys::fake::{Answer, FakeSys, Method};
+    use crate::sys::fake::{Answer, Call, FakeSys, Method};
 
     /// A kernel whose statfs hangs (for a few seconds) on every mountpoint
     /// whose name starts with "hung".
@@ -233,5 +235,46 @@ mod tests {
         assert_eq!(counting.count(Method::Statfs), 6);
         assert_eq!(fuse_connection((0, 57)), 57);
         assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hung_statfs_is_unready_at_the_deadline_and_ready_once_it_answers() {
+        let fake = Arc::new(FakeSys::new().answer(Method::Statfs, Answer::HangUntilReleased));
+        let sys: Arc<dyn Sys> = fake.clone();
+        let timeout = Duration::from_millis(200);
+        let status = ready("data");
+        // The statfs never returns by itself: the check gives up at its deadline.
+        let checked = tokio::time::timeout(Duration::from_secs(10), check(&status, &sys, timeout)).await;
+        assert_eq!(checked, Ok(false));
+        {
+            let s = status.lock().unwrap();
+            assert!(!s.responsive);
+            assert!(s.last_error.as_deref().is_some_and(|e| e.contains("did not answer statfs")), "{s:?}");
+        }
+        // Checked again while the first call still waits: no second call.
+        assert!(!check(&status, &sys, timeout).await);
+        assert_eq!(fake.calls(), [Call::Statfs("/sidemount/data".into())]);
+        // The kernel answers at last: the next check asks again, and it is ready.
+        fake.release();
+        for _ in 0..100 {
+            if status.lock().unwrap().check_started.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(check(&status, &sys, timeout).await);
+        assert_eq!(fake.count(Method::Statfs), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failing_statfs_is_unready_and_says_why() {
+        let sys: Arc<dyn Sys> = Arc::new(FakeSys::new().answer(Method::Statfs, Answer::Err(Errno::EINVAL)));
+        let status = ready("data");
+        assert!(!check(&status, &sys, Duration::from_secs(5)).await);
+        let s = status.lock().unwrap();
+        assert!(!s.responsive);
+        assert!(s.check_started.is_none());
+        let error = s.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("statfs of the mountpoint failed") && error.contains("EINVAL"), "{error}");
     }
 }
