@@ -300,7 +300,7 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Source, Volume};
+    use crate::spec::Volume;
     use crate::sys::fake::{self, Answer, FakeSys};
     use crate::volume::{Phase, Status};
 
@@ -311,16 +311,7 @@ mod tests {
 
     fn registry_with(phase: Phase) -> Arc<Registry> {
         let registry = Registry::new(dead_mounts(), Duration::from_millis(200));
-        let volume = Volume {
-            name: "data".into(),
-            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
-            options: vec![],
-            env: Default::default(),
-            secret_dir: None,
-            secret_name: None,
-            uid: None,
-            gid: None,
-        };
+        let volume = Volume::fuse_for_tests("data");
         let mut status = Status::new(&volume, "/sidemount/data".as_ref());
         status.phase = phase;
         status.repairs = 3;

@@ -108,6 +108,24 @@ pub struct Volume {
     pub gid: Option<u32>,
 }
 
+#[cfg(test)]
+impl Volume {
+    /// A FUSE volume `name` with a placeholder command, for unit tests of what
+    /// is done with volumes rather than of the spec.
+    pub(crate) fn fuse_for_tests(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
+            options: vec![],
+            env: Default::default(),
+            secret_dir: None,
+            secret_name: None,
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
 /// What a volume is made of; one variant per `type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

@@ -158,7 +158,7 @@ mod tests {
     use nix::errno::Errno;
 
     use super::*;
-    use crate::spec::{Source, Volume};
+    use crate::spec::Volume;
     use crate::sys::fake::{Answer, Call, FakeSys, Method};
 
     /// A kernel whose statfs hangs (for a few seconds) on every mountpoint
@@ -169,16 +169,7 @@ mod tests {
     }
 
     fn ready(name: &str) -> SharedStatus {
-        let volume = Volume {
-            name: name.into(),
-            source: Source::Fuse { command: vec!["x".into(), "{mountpoint}".into()] },
-            options: vec![],
-            env: Default::default(),
-            secret_dir: None,
-            secret_name: None,
-            uid: None,
-            gid: None,
-        };
+        let volume = Volume::fuse_for_tests(name);
         let mut status = Status::new(&volume, &Path::new("/sidemount").join(name));
         status.phase = Phase::Ready;
         status.responsive = true;
