@@ -28,7 +28,7 @@ pub struct Registry {
     sys: Arc<dyn Sys>,
     check_timeout: Duration,
     /// Where the FUSE connections can be looked at (a fusectl mount), once known.
-    fuse_connections: std::sync::OnceLock<std::path::PathBuf>,
+    fuse_connections: std::sync::OnceLock<Arc<std::fs::File>>,
 }
 
 impl Registry {
@@ -61,14 +61,15 @@ impl Registry {
         self.config_error.lock().expect("registry lock").clone()
     }
 
-    /// Says where the FUSE connections can be looked at (see [`check_when_needed`]).
-    pub fn set_fuse_connections(&self, dir: std::path::PathBuf) {
-        let _ = self.fuse_connections.set(dir);
+    /// Gives the FUSE control directory, held open, where the connections can be
+    /// looked at (see [`check_when_needed`]).
+    pub fn set_fuse_connections(&self, control: Arc<std::fs::File>) {
+        let _ = self.fuse_connections.set(control);
     }
 
     /// The periodic check: asks only the volumes that need it (see [`check_when_needed`]).
     pub async fn check_idle(&self) -> bool {
-        let connections = self.fuse_connections.get().map(|d| d.as_path());
+        let connections = self.fuse_connections.get().map(|control| control.as_ref());
         check_when_needed(&self.volumes(), &self.sys, self.check_timeout, connections).await
     }
 

@@ -538,10 +538,14 @@ impl Supervisor {
             .map_err(|e| e.to_string())
             .and_then(|()| self.ctx.sys.fuse_control(&control).map_err(|e| e.to_string()))
         {
-            Ok(()) => {
-                self.ctx.fuse_control = std::fs::File::open(&control).ok().map(Arc::new);
-                self.registry.set_fuse_connections(control);
-            }
+            Ok(()) => match std::fs::File::open(&control) {
+                Ok(opened) => {
+                    let opened = Arc::new(opened);
+                    self.registry.set_fuse_connections(opened.clone());
+                    self.ctx.fuse_control = Some(opened);
+                }
+                Err(err) => debug!(%err, "fusectl cannot be opened: the periodic check asks every daemon"),
+            },
             Err(err) => debug!(%err, "no fusectl: the periodic check asks every daemon"),
         }
         self.ctx.stage = stage;

@@ -304,6 +304,19 @@ pub fn fuse_connection_exists(control: &std::fs::File, connection: u64) -> Optio
     }
 }
 
+/// How many requests FUSE connection `connection` has sent its daemon and not had
+/// answered (fusectl's `waiting`), read in the fusectl directory `control`
+/// without involving the daemon. None when fusectl cannot tell.
+pub fn fuse_connection_waiting(control: &std::fs::File, connection: u64) -> Option<u64> {
+    use std::io::Read;
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let path = format!("{connection}/waiting");
+    let fd = nix::fcntl::openat(control, path.as_str(), flags, nix::sys::stat::Mode::empty()).ok()?;
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
 /// A kernel stand-in for unit tests: records every call made to it (which
 /// method, which paths, which flags) and answers each from a script kept per
 /// method: success, an errno, or a hang (for a while, or until released), as

@@ -2,7 +2,7 @@
 //! periodic check of many volumes costs one wakeup, and skipped for a FUSE
 //! daemon the kernel says has nothing waiting.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,12 +112,11 @@ pub async fn check_when_needed(
     statuses: &[SharedStatus],
     sys: &Arc<dyn Sys>,
     timeout: Duration,
-    connections: Option<&Path>,
+    connections: Option<&std::fs::File>,
 ) -> bool {
     let quiet = |s: &Status| {
-        let (Some(dir), Some(connection)) = (connections, s.connection) else { return false };
-        let waiting = std::fs::read_to_string(dir.join(connection.to_string()).join("waiting"));
-        s.is_ready() && s.check_started.is_none() && waiting.is_ok_and(|w| w.trim() == "0")
+        let (Some(control), Some(connection)) = (connections, s.connection) else { return false };
+        s.is_ready() && s.check_started.is_none() && crate::sys::fuse_connection_waiting(control, connection) == Some(0)
     };
     let asked: Vec<SharedStatus> =
         statuses.iter().filter(|s| !quiet(&s.lock().expect("status lock"))).cloned().collect();
@@ -153,6 +152,7 @@ fn record_check(s: &mut Status, result: Result<(), String>) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::Mutex;
 
     use nix::errno::Errno;
@@ -214,7 +214,8 @@ mod tests {
         busy.lock().unwrap().connection = Some(42);
         let all = [quiet.clone(), busy.clone(), unknown.clone()];
         let timeout = Duration::from_secs(2);
-        assert!(check_when_needed(&all, &sys, timeout, Some(control.path())).await);
+        let control = std::fs::File::open(control.path()).unwrap();
+        assert!(check_when_needed(&all, &sys, timeout, Some(&control)).await);
         // The busy one and the one without a known connection were asked; the quiet one not.
         assert_eq!(counting.count(Method::Statfs), 2);
         // Without fusectl every daemon is asked.
@@ -222,7 +223,7 @@ mod tests {
         assert_eq!(counting.count(Method::Statfs), 5);
         // One that did not answer last time is asked, waiting or not.
         quiet.lock().unwrap().responsive = false;
-        assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(control.path())).await);
+        assert!(check_when_needed(std::slice::from_ref(&quiet), &sys, timeout, Some(&control)).await);
         assert_eq!(counting.count(Method::Statfs), 6);
         assert_eq!(fuse_connection((0, 57)), 57);
         assert_eq!(fuse_connection((8, 1)), (8 << 20) | 1);
