@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Bytes;
 use sidemount::inject::{self, Config};
 use sidemount::settings::Mode;
+use sidemount::signals::{Shutdown, Stop};
 use sidemount::webhook::{admission, tls, Options, Webhook};
 use webhook_support::{connect, send, Ca};
 
@@ -174,7 +175,7 @@ fn main() {
     let webhook = server_rt.block_on(Webhook::bind(options)).expect("the webhook binds 127.0.0.1");
     let addr = webhook.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::mpsc::channel(1);
-    let server = server_rt.spawn(webhook.serve(stopped));
+    let server = server_rt.spawn(webhook.serve(Shutdown::from_channel(stopped)));
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
@@ -203,7 +204,7 @@ fn main() {
         }
         (baseline, tested, results)
     });
-    let _ = client_rt.block_on(stop.send("benchmark done"));
+    let _ = client_rt.block_on(stop.send(Stop::named("benchmark done")));
     let _ = server_rt.block_on(server);
 
     report(&args, &results.0, &results.1, &results.2);

@@ -14,6 +14,7 @@ pub mod mount_watch;
 pub mod mounts;
 pub mod secrets;
 pub mod settings;
+pub mod signals;
 pub mod spec;
 pub mod supervisor;
 pub mod sys;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -25,6 +24,7 @@ use crate::endpoints::{self, Registry};
 use crate::mount_watch::MountWatch;
 use crate::mounts::MountTable;
 use crate::settings::Settings;
+use crate::signals;
 use crate::spec::{self, Reading, Source, Volume};
 use crate::sys::{self, Sys};
 use crate::volume::{self, block, objectivefs, zfs, Context, Deadlines, Handle, Phase, SharedStatus, Status};
@@ -393,21 +393,17 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     // timeout, which must not hold up a signal or a reload.
     let checks = spawn_periodic_checks(supervisor.registry.clone(), supervisor.settings.check_interval);
 
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|source| RunError::Setup { what: "SIGTERM handling", source })?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|source| RunError::Setup { what: "SIGINT handling", source })?;
-    let mut sigchld =
-        signal(SignalKind::child()).map_err(|source| RunError::Setup { what: "SIGCHLD handling", source })?;
+    let setup = |err: signals::SetupError| RunError::Setup { what: err.what, source: err.source };
+    let mut shutdown = signals::shutdown().map_err(setup)?;
+    let mut child_exits = signals::child_exits().map_err(setup)?;
 
     // Nothing in this loop waits for a volume, a read or a parse: the shutdown
     // budget starts at the first signal, whatever is going on.
     loop {
         let reread_at = supervisor.reread_at;
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: unmounting every volume"); break; }
-            _ = sigint.recv() => { info!("SIGINT: unmounting every volume"); break; }
-            _ = sigchld.recv() => {
+            stop = shutdown.requested() => { info!("{stop}: unmounting every volume"); break; }
+            _ = child_exits.recv() => {
                 for pid in supervisor.ctx.children.reap_orphans() {
                     debug!(pid, "reaped an orphaned process");
                 }
@@ -428,16 +424,16 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     checks.abort();
 
     let budget = supervisor.settings.shutdown_timeout;
-    let shutdown = supervisor.shutdown(budget);
-    tokio::pin!(shutdown);
+    let drain = supervisor.shutdown(budget);
+    tokio::pin!(drain);
     let result = tokio::select! {
-        result = &mut shutdown => result,
-        _ = async { tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} } } => {
+        result = &mut drain => result,
+        _ = shutdown.hurried() => {
             // A second signal shortens every deadline to now: busy mounts are detached
             // and daemons signalled at once.
             warn!("second signal: detaching what is busy and signalling the daemons now");
             let _ = hurry_tx.send(true);
-            shutdown.await
+            drain.await
         }
     };
     http_task.abort();

@@ -24,10 +24,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn};
 
 use crate::settings::Settings;
+use crate::signals::{self, Shutdown};
 use crate::{exit, inject};
 
 /// An AdmissionReview holds the object (at most ~1.5 MiB in etcd) and, for
@@ -134,9 +135,9 @@ impl Webhook {
         self.listener.local_addr()
     }
 
-    /// Serves until the first message on `stop`, then lets in-flight requests
-    /// finish within the shutdown timeout; a second message cuts that short.
-    pub async fn serve(self, mut stop: mpsc::Receiver<&'static str>) -> Result<(), WebhookError> {
+    /// Serves until `shutdown` is requested, then lets in-flight requests finish
+    /// within the shutdown timeout; a second request cuts that short.
+    pub async fn serve(self, mut shutdown: Shutdown) -> Result<(), WebhookError> {
         let watch = self.resolver.watch();
         let graceful = GracefulShutdown::new();
         let addr = self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
@@ -171,7 +172,7 @@ impl Webhook {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                why = stop.recv() => break why.unwrap_or("stop"),
+                why = shutdown.requested() => break why,
             }
         };
         drop(self.listener);
@@ -181,7 +182,7 @@ impl Webhook {
         tokio::select! {
             _ = graceful.shutdown() => Ok(()),
             _ = tokio::time::sleep(self.shutdown_timeout) => Err(WebhookError::CutShort(open)),
-            Some(why) = stop.recv() => { warn!("{why} again: not waiting for open connections"); Err(WebhookError::CutShort(open)) }
+            why = shutdown.hurried() => { warn!("{why} again: not waiting for open connections"); Err(WebhookError::CutShort(open)) }
         }
     }
 }
@@ -189,23 +190,8 @@ impl Webhook {
 /// Runs the webhook until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> Result<(), WebhookError> {
     let webhook = Webhook::bind(options).await?;
-    let (tx, rx) = mpsc::channel(2);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| WebhookError::Setup { what: "SIGTERM handling", source })?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|source| WebhookError::Setup { what: "SIGINT handling", source })?;
-    tokio::spawn(async move {
-        loop {
-            let why = tokio::select! {
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sigint.recv() => "SIGINT",
-            };
-            if tx.send(why).await.is_err() {
-                return;
-            }
-        }
-    });
-    webhook.serve(rx).await
+    let shutdown = signals::shutdown().map_err(|err| WebhookError::Setup { what: err.what, source: err.source })?;
+    webhook.serve(shutdown).await
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
