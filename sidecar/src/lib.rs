@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod endpoints;
 pub mod exit;
+pub mod file_watch;
 pub mod inject;
 pub mod logging;
 pub mod mount_watch;

@@ -6,14 +6,11 @@
 //! on `/proc/self/mountinfo`, the spec with inotify, children with SIGCHLD.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -21,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::daemon::Children;
 use crate::endpoints::{self, Registry};
+use crate::file_watch::{self, Broken, DirWatch};
 use crate::mount_watch::MountWatch;
 use crate::mounts::MountTable;
 use crate::settings::Settings;
@@ -888,48 +886,27 @@ fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::t
     } else {
         config.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
     };
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(std::io::Error::from)?;
-    let flags = AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_DELETE_SELF
-        | AddWatchFlags::IN_MOVE_SELF;
-    inotify.add_watch(&dir, flags).map_err(std::io::Error::from)?;
-    let fd = sys::watch_fd(InotifyFd(inotify), Interest::READABLE)?;
+    // A spec renamed away is missing for a moment; a spec directory may go whole.
+    let watch = DirWatch::new(file_watch::Events { renamed_away: true, directory_gone: true, metadata: false })?;
+    watch.add(&dir)?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable().await else { return };
-            let drained = guard.try_io(|inner| inner.get_ref().0.read_events().map_err(std::io::Error::from));
-            match drained {
-                Ok(Ok(_events)) => {}
-                Ok(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Ok(Err(err)) => {
+            match watch.changed().await {
+                Ok(()) => {}
+                Err(Broken::Read(err)) => {
                     error!(%err, "the spec watch failed");
                     return;
                 }
-                Err(_would_block) => continue,
+                Err(Broken::Runtime(_)) => return,
             }
             // Writers touch a file several times: settle, drain, then reload once.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = fd.get_ref().0.read_events();
+            watch.settle().await;
             if tx.send(()).await.is_err() {
                 return;
             }
         }
     }))
 }
-
-struct InotifyFd(Inotify);
-
-impl std::os::fd::AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0.as_fd())
-    }
-}
-
-impl sys::OwnsFd for InotifyFd {}
 
 #[cfg(test)]
 mod tests {

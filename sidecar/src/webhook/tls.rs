@@ -7,26 +7,21 @@
 //! files; a slow timer re-reads them too, in case an event is missed.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::Interest;
 use tracing::{info, warn};
 
-use crate::sys;
+use crate::file_watch::{self, Broken, DirWatch};
 
 /// How often the files are read again when no event came.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
-/// Writers touch both files in a burst: wait for it to end before reading.
-const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -144,12 +139,13 @@ impl Resolver {
                     _ = recheck.tick() => {}
                     changed = changed(watch.as_ref()) => if !changed { return },
                 }
-                tokio::time::sleep(SETTLE).await;
+                // Writers touch both files in a burst: wait for it to end before reading.
+                tokio::time::sleep(file_watch::SETTLE).await;
                 let Some(resolver) = resolver.upgrade() else { return };
-                if let Some(fd) = &watch {
-                    let _ = fd.get_ref().0.read_events();
+                if let Some(watch) = &watch {
+                    watch.drain();
                     let files = [resolver.files.cert.as_path(), resolver.files.key.as_path()];
-                    if let Err(err) = add_watches(&fd.get_ref().0, &files) {
+                    if let Err(err) = watch.add_dirs_of(&files) {
                         warn!(%err, "cannot watch the certificate's directory again");
                     }
                 }
@@ -163,58 +159,24 @@ impl Resolver {
     }
 }
 
-struct InotifyFd(Inotify);
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-impl sys::OwnsFd for InotifyFd {}
-
-fn watch_dirs(files: &[&Path]) -> std::io::Result<tokio::io::unix::AsyncFd<InotifyFd>> {
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-    add_watches(&inotify, files)?;
-    sys::watch_fd(InotifyFd(inotify), Interest::READABLE)
-}
-
-/// Watches the directory of each file as named and, when it is a link (a
-/// Secret volume's `tls.crt -> ..data/tls.crt`), the directory it resolves to
-/// now, so a file rewritten in place is noticed too. Called again after each
-/// change, as a rotation moves the links to a new directory.
-fn add_watches(inotify: &Inotify, files: &[&Path]) -> std::io::Result<()> {
-    let flags = AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_ATTRIB;
-    let parent =
-        |path: &Path| path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    for file in files {
-        inotify.add_watch(&parent(file), flags)?;
-        if let Ok(resolved) = std::fs::canonicalize(file) {
-            // Re-adding a watched directory only updates its mask.
-            let _ = inotify.add_watch(&parent(&resolved), flags);
-        }
-    }
-    Ok(())
+/// Watches the files' directories (`DirWatch::add_dirs_of`), for metadata
+/// changes too.
+fn watch_dirs(files: &[&Path]) -> std::io::Result<DirWatch> {
+    let watch = DirWatch::new(file_watch::Events { renamed_away: false, directory_gone: false, metadata: true })?;
+    watch.add_dirs_of(files)?;
+    Ok(watch)
 }
 
 /// Waits for an inotify event; `false` when the watch is broken for good.
 /// Without a watch it waits forever (the timer still fires).
-async fn changed(watch: Option<&tokio::io::unix::AsyncFd<InotifyFd>>) -> bool {
-    let Some(fd) = watch else { return std::future::pending().await };
-    loop {
-        let Ok(mut guard) = fd.readable().await else { return false };
-        match guard.try_io(|inner| inner.get_ref().0.read_events().map_err(std::io::Error::from)) {
-            Ok(Ok(_)) => return true,
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Ok(Err(err)) => {
-                warn!(%err, "the certificate watch failed; rechecking every {}s", RECHECK_INTERVAL.as_secs());
-                return std::future::pending().await;
-            }
-            Err(_would_block) => continue,
+async fn changed(watch: Option<&DirWatch>) -> bool {
+    let Some(watch) = watch else { return std::future::pending().await };
+    match watch.changed().await {
+        Ok(()) => true,
+        Err(Broken::Runtime(_)) => false,
+        Err(Broken::Read(err)) => {
+            warn!(%err, "the certificate watch failed; rechecking every {}s", RECHECK_INTERVAL.as_secs());
+            std::future::pending().await
         }
     }
 }
