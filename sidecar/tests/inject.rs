@@ -4,9 +4,8 @@
 //! `kubernetes-validate --strict`; running it on its own output changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::KUBERNETES_VERSIONS;
 use inject_support::run_inject;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -270,21 +269,8 @@ fn a_workload_injected_with_the_earlier_layout_is_left_as_it_is() {
 
 /// `kubernetes-validate --strict` for each of `common::KUBERNETES_VERSIONS`.
 fn validate(yaml: &str) {
-    let tool = common::tool("kubernetes-validate");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("injected.yaml");
     std::fs::write(&file, yaml).unwrap();
-    for version in KUBERNETES_VERSIONS {
-        let out = Command::new(&tool)
-            .args(["--strict", "--quiet", "-k", version])
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        assert!(
-            out.status.success(),
-            "kubernetes-validate --strict -k {version} refuses the output:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::validate_strictly(&file, "sidemount inject's output");
 }

@@ -19,7 +19,7 @@ use sidemount::webhook::admission::{self, Verdict};
 
 mod common;
 
-use common::{venv_bin, KUBERNETES_VERSIONS};
+use common::venv_bin;
 
 const IMAGE: &str = "registry.example.org/platform/sidemount:test";
 
@@ -107,16 +107,7 @@ fn check(name: &str) -> Checked {
         "{name}: the webhook's patch, applied by python-jsonpatch, is not `sidemount inject`'s output:\n{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let validate = common::tool("kubernetes-validate");
-    for version in KUBERNETES_VERSIONS {
-        let valid = run(Command::new(&validate).args(["--strict", "--quiet", "-k", version]).arg(&patched_file));
-        assert!(
-            valid.status.success(),
-            "{name}: the patched pod fails kubernetes-validate --strict -k {version}:\n{}{}",
-            String::from_utf8_lossy(&valid.stdout),
-            String::from_utf8_lossy(&valid.stderr)
-        );
-    }
+    common::validate_strictly(&patched_file, &format!("{name}: the patched pod"));
     let patched = serde_json::from_slice(&std::fs::read(&patched_file).unwrap()).unwrap();
     Checked { reviewed, response, patched: Some(patched) }
 }

@@ -1,10 +1,12 @@
 //! What the test crates share: where the repository and its venv are, the
 //! tools found there (`tests/requirements.txt`, installed by `tests/setup.sh`),
-//! and the Kubernetes versions injected objects are validated for.
+//! and the Kubernetes versions injected objects are validated for
+//! (`validate_strictly`).
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// `kubernetes-validate --strict -k VERSION` for each: 1.29, the first with
 /// native sidecars on by default, and the newest `tests/requirements.txt` asks for.
@@ -34,4 +36,29 @@ pub fn tool(name: &str) -> PathBuf {
             venv.display()
         )
     })
+}
+
+/// `kubernetes-validate --strict --quiet -k VERSION FILE` for each of
+/// `KUBERNETES_VERSIONS`: a refusal fails the test, naming `what`, the file and
+/// the version. Returns what each version still said, as `(version, line)`: the
+/// kinds it found no schema for, for the caller to judge.
+#[track_caller]
+pub fn validate_strictly(file: &Path, what: &str) -> Vec<(&'static str, String)> {
+    let tool = tool("kubernetes-validate");
+    let mut said = Vec::new();
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&tool)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", tool.display()));
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: kubernetes-validate --strict -k {version} refuses {}:\n{report}",
+            file.display()
+        );
+        said.extend(report.lines().filter(|line| !line.trim().is_empty()).map(|line| (version, line.to_string())));
+    }
+    said
 }

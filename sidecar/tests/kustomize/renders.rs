@@ -2,11 +2,10 @@
 //! passes `kubernetes-validate --strict`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{self, KUBERNETES_VERSIONS};
+use crate::common;
 use crate::objects::{documents, text};
 use crate::render::{overlay, render, PLAIN, WITH_PLUGINS};
 use crate::{fixture, kustomize_dir, EXAMPLES, NEED_PLUGINS, PLAIN_BASE, PLAIN_COMPONENT};
@@ -47,26 +46,17 @@ fn validate(yaml: &str, what: &str) -> Vec<String> {
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, yaml).unwrap();
     let mut unknown = Vec::new();
-    for version in KUBERNETES_VERSIONS {
-        let out = Command::new(common::tool("kubernetes-validate"))
-            .args(["--strict", "--quiet", "-k", version])
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "kubernetes-validate --strict -k {version} refuses {what}:\n{report}");
-        for line in report.lines().filter(|l| !l.trim().is_empty()) {
-            let Some(rest) = line.split("Couldn't find schema for kind ").nth(1) else {
-                panic!("kubernetes-validate -k {version} on {what}: {line}");
-            };
-            let (kind, api_version) = rest.split_once(" with api version ").unwrap();
-            let api_version = api_version.split_whitespace().next().unwrap();
-            assert!(
-                api_version.starts_with("cert-manager.io/"),
-                "kubernetes-validate -k {version} has no schema for {kind} {api_version} in {what}"
-            );
-            unknown.push(format!("{kind} {api_version}"));
-        }
+    for (version, line) in common::validate_strictly(&file, what) {
+        let Some(rest) = line.split("Couldn't find schema for kind ").nth(1) else {
+            panic!("kubernetes-validate -k {version} on {what}: {line}");
+        };
+        let (kind, api_version) = rest.split_once(" with api version ").unwrap();
+        let api_version = api_version.split_whitespace().next().unwrap();
+        assert!(
+            api_version.starts_with("cert-manager.io/"),
+            "kubernetes-validate -k {version} has no schema for {kind} {api_version} in {what}"
+        );
+        unknown.push(format!("{kind} {api_version}"));
     }
     unknown.sort();
     unknown.dedup();
