@@ -549,6 +549,44 @@ fn fuse_options_make_the_app_s_view_read_only_across_a_repair() {
     assert_eq!(sup.terminate().0, 0);
 }
 
+/// The kubelet makes a `readOnly: true` mount read-only on its own bind, after the
+/// sidecar mounted the volume. A repair's mount reaches that bind by propagation with
+/// the sidecar's flags: without `ro` in the volume's options the app can write after
+/// the repair (why injection adds `ro` to a volume every container mounts read-only);
+/// with it, the app stays read-only.
+#[test]
+fn a_read_only_app_mount_needs_ro_to_stay_read_only_across_a_repair() {
+    for ro in [false, true] {
+        let pod = Pod::with_app_started_late(&["data"]);
+        let src = source(&pod, "src", "data\n");
+        let vol = if ro { bindfs("data", &src).options(&["ro"]) } else { bindfs("data", &src) };
+        let mut sup = pod.supervisor().spec(&spec(&[vol])).start();
+        sup.wait_ready(READY);
+        pod.start_app();
+        // The kubelet's readOnly: its bind in the app, remounted read-only.
+        pod.sh(Ns::App, &format!("mount -o remount,bind,ro {}", pod.app_dir("data").display())).unwrap();
+        pod.wait_app_reads("data", "hello", "data\n", READY);
+        let err = pod.app_write("data", "before", "x").expect_err("the app wrote through its readOnly mount");
+        assert!(err.contains("Read-only file system"), "ro={ro}: {err}");
+
+        signal(sup.daemon_pid("data"), libc::SIGKILL);
+        wait_for(REPAIR, "the repair", || (repairs(&sup, "data") >= 1.0 && sup.readyz() == Some(200)).then_some(()));
+        pod.wait_app_reads("data", "hello", "data\n", REPAIR);
+        let after = pod.app_write("data", "after", "x");
+        if ro {
+            let err = after.expect_err("the app wrote through its readOnly mount after the repair");
+            assert!(err.contains("Read-only file system"), "{err}");
+            assert!(!src.join("after").exists());
+        } else {
+            // The kernel's behaviour this pins: if it ever keeps the bind's flags, the
+            // injection rule is no longer needed.
+            after.expect("without ro, the repaired mount reaches the app writable");
+            assert!(src.join("after").exists());
+        }
+        assert_eq!(sup.terminate().0, 0, "ro={ro}");
+    }
+}
+
 /// A subPath mount (the kubelet binds a subdirectory of the volume into the app) is
 /// NOT repaired: the kubelet's bind holds the subdirectory of the mount it was made
 /// from, and a mount made later at the volume's root never propagates into a bind

@@ -206,7 +206,8 @@ fn plain_pod_gets_a_native_sidecar() {
     assert_eq!(specs.len(), 2);
     assert_eq!(specs[0].source, Source::ObjectiveFs { filesystem: "s3://shop-assets".into() });
     assert_eq!(specs[0].secret_dir.as_deref(), Some(Path::new("/etc/sidemount/secrets/data")));
-    assert_eq!(specs[0].options, ["mt", "noatime"]);
+    // The app mounts it only readOnly: mounted `ro`, so a repair keeps it read-only.
+    assert_eq!(specs[0].options, ["mt", "noatime", "ro"]);
     assert!(matches!(&specs[1].source, Source::Fuse { command } if command[0] == "rclone"));
     // The default 30 s grace covers the default 20 s budget plus the margin: untouched.
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);

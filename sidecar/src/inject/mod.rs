@@ -24,6 +24,7 @@ pub mod krm;
 pub mod manifest;
 pub mod owner;
 mod pod;
+mod read_only;
 pub mod resources;
 pub mod stream;
 
@@ -249,6 +250,8 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     // Each volume serves the user and group of the containers that mount it.
     let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
     owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
+    // A volume every container mounts read-only is mounted `ro`, so a repair keeps it so.
+    warnings.extend(read_only::fill(&mut served, &[&init_containers[..], &containers[..]]));
     // The supervisor reads its spec within the same limits as the annotation; JSON,
     // the secretDir of each secretName and the owners filled in can make it longer.
     let specs = sidecar_spec(&served);
