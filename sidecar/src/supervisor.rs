@@ -881,11 +881,7 @@ impl Supervisor {
 /// Sends a message when the spec file or directory changes. The directory is
 /// watched, not the file: editors and Kubernetes ConfigMaps replace files by rename.
 fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let dir = if config.is_dir() {
-        config.to_path_buf()
-    } else {
-        config.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
-    };
+    let dir = watched_dir(config, config.is_dir());
     // A spec renamed away is missing for a moment; a spec directory may go whole.
     let watch = DirWatch::new(file_watch::Events { renamed_away: true, directory_gone: true, metadata: false })?;
     watch.add(&dir)?;
@@ -908,9 +904,26 @@ fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::t
     }))
 }
 
+/// The directory whose entries hold the spec: the spec directory itself, or the
+/// spec file's directory (`.` for a file named with none, `volumes.yaml`).
+fn watched_dir(config: &Path, is_dir: bool) -> PathBuf {
+    if is_dir {
+        return config.to_path_buf();
+    }
+    config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spec_watch_watches_the_directory_that_holds_the_spec() {
+        assert_eq!(watched_dir(Path::new("/etc/sidemount/volumes.yaml"), false), Path::new("/etc/sidemount"));
+        assert_eq!(watched_dir(Path::new("/etc/sidemount/specs"), true), Path::new("/etc/sidemount/specs"));
+        // A bare file name is in the working directory, not in a directory named "".
+        assert_eq!(watched_dir(Path::new("volumes.yaml"), false), Path::new("."));
+    }
 
     fn table(name: &str) -> MountTable {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo").join(name);
