@@ -6,7 +6,8 @@
 //! ```text
 //! cargo run --release -p sidemount --example admission_bench -- \
 //!     [--connections 64] [--loads closed,1000,2000,5000,10000] [--seconds 10] [--warmup-seconds 2] \
-//!     [--fixture plain-pod] [--baseline no-annotation] [--server-threads N] [--client-threads 1]
+//!     [--fixture plain-pod] [--baseline no-annotation] [--server-threads N] [--client-threads 1] \
+//!     [--reviews 20000] [--review-only]
 //! ```
 //!
 //! A load is `closed` or a rate in requests per second. Closed loop: each
@@ -27,7 +28,11 @@
 //! core, as `sidemount webhook` runs, with the same allocator), with a
 //! certificate from a generated CA; the client runs on its own runtime in the
 //! same process, so both share the machine's cores. Prints Markdown tables,
-//! the last of them the CPU cost of the review alone (no TLS, no HTTP).
+//! the last of them the CPU cost of the review alone (no TLS, no HTTP):
+//! `--reviews` times each, after a tenth as many to warm up. `--review-only`
+//! measures that alone, with no webhook or client: what a profiler such as
+//! callgrind is run on (`--baseline` and `--fixture` the same review to see
+//! one alone).
 //! Only 127.0.0.1 is ever contacted.
 
 #[path = "../tests/webhook_support/mod.rs"]
@@ -69,6 +74,8 @@ struct Args {
     baseline: String,
     server_threads: usize,
     client_threads: usize,
+    reviews: u32,
+    review_only: bool,
 }
 
 fn args() -> Args {
@@ -82,6 +89,8 @@ fn args() -> Args {
         baseline: "no-annotation".into(),
         server_threads: cores,
         client_threads: 1,
+        reviews: 20_000,
+        review_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,10 +104,12 @@ fn args() -> Args {
             "--baseline" => args.baseline = value(),
             "--server-threads" => args.server_threads = value().parse().expect("--server-threads N"),
             "--client-threads" => args.client_threads = value().parse().expect("--client-threads N"),
+            "--reviews" => args.reviews = value().parse().expect("--reviews N"),
+            "--review-only" => args.review_only = true,
             other => panic!("unknown argument {other}: see the comment at the top of examples/admission_bench.rs"),
         }
     }
-    assert!(args.connections > 0 && args.seconds > 0.0 && !args.loads.is_empty());
+    assert!(args.connections > 0 && args.seconds > 0.0 && !args.loads.is_empty() && args.reviews > 0);
     args
 }
 
@@ -152,6 +163,10 @@ impl Measured {
 fn main() {
     let args = args();
     let reviews = review_cost(&args);
+    if args.review_only {
+        print_review_cost(&args, &reviews);
+        return;
+    }
     let ca = Ca::new("sidemount bench CA");
     let serving = ca.issue();
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -208,15 +223,17 @@ fn main() {
 
     report(&args, &results.0, &results.1, &results.2);
     println!();
-    println!("| the review alone, in-process (`admission::review`, {REVIEWS} times) | µs per review |");
+    print_review_cost(&args, &reviews);
+}
+
+fn print_review_cost(args: &Args, reviews: &[(String, f64)]) {
+    println!("| the review alone, in-process (`admission::review`, {} times) | µs per review |", args.reviews);
     println!("|---|---|");
-    for (name, micros) in &reviews {
+    for (name, micros) in reviews {
         println!("| {name} | {micros:.1} |");
     }
     println!("| ratio | {:.2} |", reviews[1].1 / reviews[0].1);
 }
-
-const REVIEWS: u32 = 20_000;
 
 /// What the review itself costs, without TLS, HTTP or a client: the body to
 /// the answer, for the baseline and the tested review, one after the other.
@@ -226,14 +243,14 @@ fn review_cost(args: &Args) -> Vec<(String, f64)> {
         .into_iter()
         .map(|name| {
             let body = fixture(name);
-            for _ in 0..REVIEWS / 10 {
+            for _ in 0..args.reviews.div_ceil(10) {
                 std::hint::black_box(admission::review(&body, &config).expect("a review"));
             }
             let started = Instant::now();
-            for _ in 0..REVIEWS {
+            for _ in 0..args.reviews {
                 std::hint::black_box(admission::review(&body, &config).expect("a review"));
             }
-            (name.clone(), started.elapsed().as_secs_f64() * 1e6 / f64::from(REVIEWS))
+            (name.clone(), started.elapsed().as_secs_f64() * 1e6 / f64::from(args.reviews))
         })
         .collect()
 }
