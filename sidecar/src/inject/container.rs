@@ -4,7 +4,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{json, Map, Value};
 
@@ -28,7 +28,8 @@ pub(super) struct Built {
 /// replica of a workload gets the same sidecar, and building it and checking
 /// its spec was a third of injection. Bounded: at most 256 sidecars whose spec
 /// is up to 4 KiB each; cleared when full. Two inputs of one hash take turns.
-pub(super) static BUILT: LazyLock<Mutex<HashMap<u64, Built>>> = LazyLock::new(Default::default);
+/// Shared, so that a sidecar is copied for its pod after the lock is let go.
+pub(super) static BUILT: LazyLock<Mutex<HashMap<u64, Arc<Built>>>> = LazyLock::new(Default::default);
 pub(super) const BUILT_ENTRIES: usize = 256;
 pub(super) const BUILT_SPEC_BYTES: usize = 4096;
 
@@ -48,7 +49,8 @@ pub(super) fn checked_sidecar(
     (served, mode, &config.image, config.shutdown_timeout).hash(&mut hasher);
     let key = hasher.finish();
     let cache = || BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(built) = cache().get(&key).filter(|built| {
+    let found = cache().get(&key).cloned();
+    if let Some(built) = found.filter(|built| {
         built.served == served && built.mode == mode && built.resources == resources && built.config == *config
     }) {
         return Ok(built.sidecar.clone());
@@ -64,7 +66,7 @@ pub(super) fn checked_sidecar(
         if cache.len() >= BUILT_ENTRIES {
             cache.clear();
         }
-        cache.insert(key, built);
+        cache.insert(key, Arc::new(built));
     }
     Ok(sidecar)
 }
@@ -255,7 +257,7 @@ mod tests {
         // The same input gets the kept sidecar: plant one that building would not give.
         let mut kept = BUILT.lock().unwrap();
         let built = kept.values_mut().find(|built| built.sidecar == first).expect("the sidecar is kept");
-        built.sidecar["planted"] = json!(true);
+        Arc::get_mut(built).expect("not in use").sidecar["planted"] = json!(true);
         drop(kept);
         assert_eq!(sidecar_of(&input(1, json!({})), &config())["planted"], true);
         // Whatever it is made of, changed, makes another.
