@@ -15,17 +15,23 @@ use crate::spec::{self, Invalid, Problem, RawVolume};
 
 /// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
 pub(super) fn has_inject_label(template: &Value) -> bool {
-    template.pointer("/metadata/labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+    field(template, "metadata", "labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
         == Some("true")
 }
 
 /// A FlexVolume of the `altalang/ofs` driver among the pod's volumes.
 pub(super) fn has_driver_flexvolume(template: &Value) -> bool {
-    let volumes = template.pointer("/spec/volumes").and_then(Value::as_array);
+    let volumes = field(template, "spec", "volumes").and_then(Value::as_array);
     volumes
         .into_iter()
         .flatten()
-        .any(|v| v.pointer("/flexVolume/driver").and_then(Value::as_str) == Some(flexvolume::DRIVER))
+        .any(|v| field(v, "flexVolume", "driver").and_then(Value::as_str) == Some(flexvolume::DRIVER))
+}
+
+/// `value[outer][inner]`, for objects: what `Value::pointer` finds, without
+/// the two strings it makes of each of its tokens.
+pub(super) fn field<'a>(value: &'a Value, outer: &str, inner: &str) -> Option<&'a Value> {
+    value.get(outer)?.get(inner)
 }
 
 /// The annotations of a pod template, read as text.
@@ -33,7 +39,7 @@ pub(super) struct Annotations<'a>(Option<&'a Map<String, Value>>);
 
 impl<'a> Annotations<'a> {
     pub(super) fn of(template: &'a Value) -> Result<Annotations<'a>, InjectError> {
-        match template.pointer("/metadata/annotations") {
+        match field(template, "metadata", "annotations") {
             None | Some(Value::Null) => Ok(Annotations(None)),
             Some(Value::Object(map)) => Ok(Annotations(Some(map))),
             Some(_) => Err(malformed("metadata.annotations", "a map of strings")),

@@ -1,14 +1,75 @@
 //! The sidecar container: its spec in `SIDEMOUNT_VOLUMES`, its mounts, probes
 //! and resources, and its place among the pod's containers.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex};
+
 use serde_json::{json, Map, Value};
 
 use super::{
-    name_of, secret_dir, Config, SecretMount, CONTAINER_NAME, ISTIO_PROXY, MOUNT_ROOT, PROBE_TIMEOUT_SECONDS,
-    ROOT_VOLUME, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
+    name_of, secret_dir, Config, InjectError, SecretMount, CONTAINER_NAME, ISTIO_PROXY, MOUNT_ROOT,
+    PROBE_TIMEOUT_SECONDS, ROOT_VOLUME, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
 };
 use crate::settings::Mode;
-use crate::spec::RawVolume;
+use crate::spec::{self, RawVolume};
+
+/// A sidecar built, with everything it was built from.
+pub(super) struct Built {
+    served: Vec<RawVolume>,
+    mode: Mode,
+    resources: Option<Value>,
+    config: Config,
+    sidecar: Value,
+}
+
+/// The sidecars built so far, by the hash of what they were built from. Every
+/// replica of a workload gets the same sidecar, and building it and checking
+/// its spec was a third of injection. Bounded: at most 256 sidecars whose spec
+/// is up to 4 KiB each; cleared when full. Two inputs of one hash take turns.
+/// Shared, so that a sidecar is copied for its pod after the lock is let go.
+pub(super) static BUILT: LazyLock<Mutex<HashMap<u64, Arc<Built>>>> = LazyLock::new(Default::default);
+pub(super) const BUILT_ENTRIES: usize = 256;
+pub(super) const BUILT_SPEC_BYTES: usize = 4096;
+
+/// The sidecar for the served volumes (their owners filled in), once its spec
+/// is known to be within the supervisor's limits: the same spec `SIDEMOUNT_VOLUMES`
+/// is read with, since JSON, the `secretDir` of each `secretName` and the owners
+/// filled in can make it longer than the annotation.
+pub(super) fn checked_sidecar(
+    served: &[RawVolume],
+    secret_mounts: &[SecretMount],
+    mode: Mode,
+    resources: Option<Value>,
+    config: &Config,
+) -> Result<Value, InjectError> {
+    // The secret mounts are made from the served volumes: not part of the key.
+    let mut hasher = DefaultHasher::new();
+    (served, mode, &config.image, config.shutdown_timeout).hash(&mut hasher);
+    let key = hasher.finish();
+    let cache = || BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let found = cache().get(&key).cloned();
+    if let Some(built) = found.filter(|built| {
+        built.served == served && built.mode == mode && built.resources == resources && built.config == *config
+    }) {
+        return Ok(built.sidecar.clone());
+    }
+    let specs = sidecar_spec(served);
+    crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
+    let keep = specs.len() <= BUILT_SPEC_BYTES;
+    let sidecar = sidecar(specs, secret_mounts, mode, resources.clone(), config);
+    if keep {
+        let built =
+            Built { served: served.to_vec(), mode, resources, config: config.clone(), sidecar: sidecar.clone() };
+        let mut cache = cache();
+        if cache.len() >= BUILT_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, Arc::new(built));
+    }
+    Ok(sidecar)
+}
 
 /// The sidecar's spec, for `SIDEMOUNT_VOLUMES`: the served volumes as JSON, with
 /// `secretDir` where each Secret is mounted.
@@ -174,6 +235,63 @@ mod tests {
         let specs: Vec<RawVolume> = serde_json::from_str(sidecar["env"][0]["value"].as_str().unwrap()).unwrap();
         assert_eq!(specs[0].secret_dir.as_deref(), Some(std::path::Path::new("/etc/sidemount/secrets/ofs")));
         assert_eq!(specs[0].secret_name, None);
+    }
+
+    #[test]
+    fn a_sidecar_is_built_once_for_what_it_is_made_of() {
+        let spec = "- {name: kept-sidecar, type: fuse, command: [x, '{mountpoint}']}";
+        let input = |uid: u32, more: Value| {
+            let mut annotations = json!({ VOLUMES_ANNOTATION: spec });
+            annotations.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+            let mounts = json!([{ "name": "kept-sidecar", "mountPath": "/d" }]);
+            let app =
+                json!({ "name": "app", "image": "x", "securityContext": { "runAsUser": uid }, "volumeMounts": mounts });
+            pod(annotations, json!({ "containers": [app] }))
+        };
+        let sidecar_of = |input: &Value, config: &Config| {
+            let out = injected(inject(input, config).unwrap());
+            let list = if out["spec"]["initContainers"].is_array() { "initContainers" } else { "containers" };
+            out["spec"][list][0].clone()
+        };
+        let first = sidecar_of(&input(1, json!({})), &config());
+        // The same input gets the kept sidecar: plant one that building would not give.
+        let mut kept = BUILT.lock().unwrap();
+        let built = kept.values_mut().find(|built| built.sidecar == first).expect("the sidecar is kept");
+        Arc::get_mut(built).expect("not in use").sidecar["planted"] = json!(true);
+        drop(kept);
+        assert_eq!(sidecar_of(&input(1, json!({})), &config())["planted"], true);
+        // Whatever it is made of, changed, makes another.
+        let other_image = Config { image: "example.org/other:1".into(), ..config() };
+        for (what, sidecar) in [
+            ("the owner filled in", sidecar_of(&input(2, json!({})), &config())),
+            ("the mode", sidecar_of(&input(1, json!({ MODE_ANNOTATION: "legacy" })), &config())),
+            ("the resources", sidecar_of(&input(1, json!({ "sidemount.io/memory-limit": "1Gi" })), &config())),
+            ("the image", sidecar_of(&input(1, json!({})), &other_image)),
+        ] {
+            assert!(sidecar.get("planted").is_none(), "{what}: {sidecar}");
+            assert_ne!(sidecar, first, "{what}");
+        }
+        let specs = |sidecar: &Value| sidecar["env"][0]["value"].as_str().unwrap().to_string();
+        assert!(specs(&sidecar_of(&input(2, json!({})), &config())).contains(r#""uid":2"#));
+
+        // Bounded: cleared when full; a spec over the size kept is built every time.
+        for i in 0..BUILT_ENTRIES + 10 {
+            let spec = format!("- {{name: v{i}, type: fuse, command: [x, '{{mountpoint}}']}}");
+            injected(
+                inject(&pod(json!({ VOLUMES_ANNOTATION: spec }), json!({ "containers": [] })), &config()).unwrap(),
+            );
+        }
+        assert!(BUILT.lock().unwrap().len() <= BUILT_ENTRIES);
+        let long =
+            format!("- {{name: long, type: fuse, command: [x, '{{mountpoint}}', {:?}]}}", "a".repeat(BUILT_SPEC_BYTES));
+        let long = injected(
+            inject(&pod(json!({ VOLUMES_ANNOTATION: long }), json!({ "containers": [] })), &config()).unwrap(),
+        );
+        let long = &long["spec"]["initContainers"][0];
+        assert!(
+            BUILT.lock().unwrap().values().all(|built| built.sidecar != *long),
+            "a spec over {BUILT_SPEC_BYTES} bytes is not kept"
+        );
     }
 
     #[test]

@@ -34,9 +34,9 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::settings::{Mode, Settings};
-use crate::spec::{self, Invalid, RawVolume};
+use crate::spec::{Invalid, RawVolume};
 use annotations::{annotation_volumes, check_unique, has_driver_flexvolume, has_inject_label, Annotations};
-use container::{sidecar, sidecar_position, sidecar_spec};
+use container::{checked_sidecar, sidecar_position};
 pub use pod::root_volume;
 use pod::{check_start_order, mount_from_root, raise_grace_period, subpath_warnings};
 
@@ -252,10 +252,8 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
     // A volume every container mounts read-only is mounted `ro`, so a repair keeps it so.
     warnings.extend(read_only::fill(&mut served, &[&init_containers[..], &containers[..]]));
-    // The supervisor reads its spec within the same limits as the annotation; JSON,
-    // the secretDir of each secretName and the owners filled in can make it longer.
-    let specs = sidecar_spec(&served);
-    crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
+    // The supervisor reads its spec within the same limits as the annotation.
+    let sidecar = checked_sidecar(&served, &secret_mounts, mode, resources, config)?;
 
     // The pod's volumes: the emptyDir each served volume had as a placeholder
     // gives way to the one root volume (every mount of it becomes a directory of
@@ -275,7 +273,6 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     }
 
-    let sidecar = sidecar(specs, &secret_mounts, mode, resources, config);
     let into = match mode {
         Mode::Native => &mut init_containers,
         Mode::Legacy => &mut containers,

@@ -66,19 +66,15 @@ struct ReviewResponse<'a> {
     response: Response<'a>,
 }
 
+/// The answer that allows unchanged or denies; one with a patch is written by
+/// [`injected_answer`].
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Response<'a> {
     uid: &'a str,
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,14 +130,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
     let request = review.request.ok_or(ReviewError::NoRequest)?;
     let object = describe(&request);
 
-    let mut response = Response {
-        uid: &request.uid,
-        allowed: true,
-        patch_type: None,
-        patch: None,
-        status: None,
-        warnings: Vec::new(),
-    };
+    let mut response = Response { uid: &request.uid, allowed: true, status: None };
     let verdict = match (
         &request.object,
         request.kind.group.is_empty() && request.kind.kind == "Pod",
@@ -154,10 +143,10 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
                 // request carries the whole pod.
                 let mut json = Vec::with_capacity(body.len());
                 serde_json::to_writer(&mut json, &operations).expect("a patch serializes");
-                response.patch_type = Some("JSONPatch");
-                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
-                response.warnings = warnings;
-                Verdict::Injected { operations: operations.len() }
+                let verdict = Verdict::Injected { operations: operations.len() };
+                drop(operations);
+                let body = injected_answer(&request.uid, &json, &warnings);
+                return Ok(Reviewed { uid: request.uid.clone(), object, verdict, body });
             }
             Ok(Outcome::NotRequested) => Verdict::Unchanged("no sidemount.io/volumes annotation"),
             Ok(Outcome::AlreadyInjected) => Verdict::Unchanged("already injected"),
@@ -171,20 +160,46 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         (None, _, _) => Verdict::Unchanged("no object in the request"),
         _ => Verdict::Unchanged("not a pod CREATE"),
     };
-    let size =
-        256 + response.patch.as_ref().map_or(0, String::len) + response.warnings.iter().map(String::len).sum::<usize>();
+    let size = 256 + response.status.as_ref().map_or(0, |status| status.message.len());
     let mut body = Vec::with_capacity(size);
     serde_json::to_writer(&mut body, &ReviewResponse { api_version: API_VERSION, kind: KIND, response })
         .expect("an AdmissionReview serializes");
     Ok(Reviewed { uid: request.uid.clone(), object, verdict, body })
 }
 
+/// The answer that allows a pod with a JSON Patch: `response` holds `uid`,
+/// `allowed`, `patchType`, `patch` and, if any, `warnings`, written as serde_json
+/// writes them, with the patch's base64 encoded straight into the answer: it
+/// needs no JSON escape, and checking its every byte for one was a tenth of an
+/// injecting review.
+fn injected_answer(uid: &str, patch: &[u8], warnings: &[String]) -> Vec<u8> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let encoded = base64::encoded_len(patch.len(), true).expect("a patch far below usize::MAX");
+    let warned = warnings.iter().map(|w| w.len() + 3).sum::<usize>();
+    let mut body = Vec::with_capacity(256 + uid.len() + encoded + warned);
+    body.extend_from_slice(br#"{"apiVersion":""#);
+    body.extend_from_slice(API_VERSION.as_bytes());
+    body.extend_from_slice(br#"","kind":""#);
+    body.extend_from_slice(KIND.as_bytes());
+    body.extend_from_slice(br#"","response":{"uid":"#);
+    serde_json::to_writer(&mut body, uid).expect("a string serializes");
+    body.extend_from_slice(br#","allowed":true,"patchType":"JSONPatch","patch":""#);
+    let at = body.len();
+    body.resize(at + encoded, 0);
+    engine.encode_slice(patch, &mut body[at..]).expect("sized by encoded_len");
+    body.push(b'"');
+    if !warnings.is_empty() {
+        body.extend_from_slice(br#","warnings":"#);
+        serde_json::to_writer(&mut body, warnings).expect("strings serialize");
+    }
+    body.extend_from_slice(b"}}");
+    body
+}
+
 /// `namespace/name` of the pod under review; pods of workloads have only a
 /// `generateName` at admission.
 fn describe(request: &Request) -> String {
-    let meta = |key: &str| {
-        request.object.as_ref().and_then(|o| o.pointer(&format!("/metadata/{key}"))).and_then(Value::as_str)
-    };
+    let meta = |key: &str| request.object.as_ref().and_then(|o| o.get("metadata")?.get(key)).and_then(Value::as_str);
     let name = request
         .name
         .clone()
@@ -275,6 +290,26 @@ mod tests {
         let message = deny(&format!("volumes: {}", "[".repeat(60 * 1024)));
         assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
         assert!(message.contains("more than 32 levels deep"), "{message}");
+    }
+
+    #[test]
+    fn the_injected_answer_is_what_serde_json_writes() {
+        let patch = br#"[{"op":"add","path":"/a","value":"\u00e9\"x\""}]"#;
+        for (uid, warnings) in
+            [("u-1", vec![]), ("a \"quoted\" uid\\\u{1}", vec!["one".to_string(), "two \"quoted\"\n".to_string()])]
+        {
+            let mut response = json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
+                                       "patch": base64::engine::general_purpose::STANDARD.encode(patch) });
+            if !warnings.is_empty() {
+                response["warnings"] = json!(warnings);
+            }
+            let expected =
+                serde_json::to_vec(&json!({ "apiVersion": API_VERSION, "kind": KIND, "response": response })).unwrap();
+            assert_eq!(
+                String::from_utf8(injected_answer(uid, patch, &warnings)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -29,11 +29,28 @@ pub fn diff(from: &Value, to: Value) -> Vec<Operation> {
 fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
     match (from, to) {
         (Value::Object(a), Value::Object(b)) => {
-            for key in a.keys().filter(|k| !b.contains_key(*k)) {
-                ops.push(Operation::Remove { path: child(path, key) });
+            // Injection keeps a pod's keys in their order and adds its own after
+            // them (or, for `initContainers`, among them): keys are matched by
+            // position while both objects agree, and looked up only after that.
+            let kept_in_order = a.len() <= b.len() && a.keys().zip(b.keys()).all(|(k, l)| k == l);
+            if !kept_in_order {
+                for key in a.keys().filter(|k| !b.contains_key(*k)) {
+                    ops.push(Operation::Remove { path: child(path, key) });
+                }
             }
+            let mut olds = a.iter();
+            let mut in_order = true;
             for (key, value) in b {
-                match a.get(&key) {
+                let old = match olds.next() {
+                    Some((k, old)) if in_order && *k == key => Some(old),
+                    // Every key of `from` was matched, and a key appears once.
+                    None if in_order => None,
+                    _ => {
+                        in_order = false;
+                        a.get(&key)
+                    }
+                };
+                match old {
                     None => ops.push(Operation::Add { path: child(path, &key), value }),
                     // Most of a pod is left as it was: compared, not walked.
                     Some(old) if same(old, &value) => {}
@@ -122,6 +139,28 @@ mod tests {
                 { "op": "add", "path": "/metadata/annotations/c~0d~1e", "value": "2" },
                 { "op": "replace", "path": "/spec/n", "value": 2 },
             ])
+        );
+    }
+
+    #[test]
+    fn keys_added_among_kept_ones_are_found_in_order_or_not() {
+        let from = json!({ "a": 1, "b": 1, "c": 1 });
+        let ops = |to: Value| serde_json::to_value(diff(&from, to)).unwrap();
+        assert_eq!(
+            ops(json!({ "a": 1, "i": 0, "b": 2, "c": 1, "d": 3 })),
+            json!([
+                { "op": "add", "path": "/i", "value": 0 },
+                { "op": "replace", "path": "/b", "value": 2 },
+                { "op": "add", "path": "/d", "value": 3 },
+            ])
+        );
+        assert_eq!(
+            ops(json!({ "a": 2, "b": 1 })),
+            json!([{ "op": "remove", "path": "/c" }, { "op": "replace", "path": "/a", "value": 2 }])
+        );
+        assert_eq!(
+            ops(json!({ "c": 2, "a": 1, "b": 1, "x": 0 })),
+            json!([{ "op": "replace", "path": "/c", "value": 2 }, { "op": "add", "path": "/x", "value": 0 }])
         );
     }
 
