@@ -3,23 +3,63 @@
 //! POLLPRI after every mount or unmount in the namespace), and wakes only the
 //! volume tasks whose paths that change touched: a mount event costs one parse
 //! and a look at each watched path, however many volumes there are, instead of
-//! a parse per volume.
+//! a parse per volume. The table comes from a [`MountSource`]: [`Mountinfo`] in
+//! the supervisor; tests may give it another.
 //!
 //! A task that needs the table as it is after its own mount or unmount asks for
 //! a [`MountWatch::fresh`] one: a read begun after the question. Questions asked
 //! together share one read.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 use tracing::{error, warn};
 
 use crate::mounts::MountTable;
 use crate::sys;
+
+/// Where the mount table comes from: the kernel's mountinfo ([`Mountinfo`]), or
+/// in unit tests a table the test changes. The reader asks
+/// it for the table once per change it reports and once per question for a
+/// fresh table; it never polls.
+pub trait MountSource: Send + 'static {
+    /// The table as it is now.
+    fn read(&mut self) -> std::io::Result<MountTable>;
+    /// Resolves when the table may have changed since the last call. An error
+    /// ends the watch.
+    fn changed(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// The kernel's table of this process's mount namespace: `/proc/self/mountinfo`,
+/// whose `poll` gives POLLPRI after every mount or unmount in the namespace.
+pub struct Mountinfo {
+    fd: AsyncFd<std::fs::File>,
+}
+
+impl Mountinfo {
+    /// Opens mountinfo and registers it with the current runtime's reactor.
+    pub fn open() -> std::io::Result<Mountinfo> {
+        let file = std::fs::File::open("/proc/self/mountinfo")?;
+        Ok(Mountinfo { fd: sys::watch_fd(file, Interest::PRIORITY)? })
+    }
+}
+
+impl MountSource for Mountinfo {
+    fn read(&mut self) -> std::io::Result<MountTable> {
+        MountTable::read_self()
+    }
+
+    async fn changed(&mut self) -> std::io::Result<()> {
+        self.fd.ready(Interest::PRIORITY).await?.clear_ready();
+        Ok(())
+    }
+}
 
 /// The shared reader (cheap to clone).
 #[derive(Clone)]
@@ -93,21 +133,23 @@ impl Drop for Subscription {
 }
 
 impl MountWatch {
-    /// Reads the table and starts the reader on the current runtime.
+    /// Reads the kernel's table and starts the reader on the current runtime.
     pub fn start() -> std::io::Result<MountWatch> {
-        let file = std::fs::File::open("/proc/self/mountinfo")?;
-        let fd = sys::watch_fd(file, Interest::PRIORITY)?;
-        let watch = MountWatch::with_table(MountTable::read_self()?);
+        MountWatch::start_with(Mountinfo::open()?)
+    }
+
+    /// Reads the table from `source` and starts the reader on the current
+    /// runtime: a read after each change `source` reports, and after each
+    /// question for a fresh table.
+    pub fn start_with<S: MountSource>(mut source: S) -> std::io::Result<MountWatch> {
+        let watch = MountWatch::with_table(source.read()?);
         let inner = watch.inner.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    ready = fd.ready(Interest::PRIORITY) => match ready {
-                        Ok(mut guard) => guard.clear_ready(),
-                        Err(err) => {
-                            error!(%err, "the mount-table watch failed");
-                            return;
-                        }
+                    changed = source.changed() => if let Err(err) = changed {
+                        error!(%err, "the mount-table watch failed");
+                        return;
                     },
                     _ = inner.wanted.notified() => {}
                 }
@@ -116,7 +158,7 @@ impl MountWatch {
                     return;
                 }
                 let reads = inner.started.fetch_add(1, Ordering::SeqCst) + 1;
-                let failed = match MountTable::read_self() {
+                let failed = match source.read() {
                     Ok(table) => {
                         inner.publish(table);
                         None
