@@ -4,7 +4,7 @@
 //! volume tasks whose paths that change touched: a mount event costs one parse
 //! and a look at each watched path, however many volumes there are, instead of
 //! a parse per volume. The table comes from a [`MountSource`]: [`Mountinfo`] in
-//! the supervisor; tests may give it another.
+//! the supervisor, the fake kernel's in unit tests.
 //!
 //! A task that needs the table as it is after its own mount or unmount asks for
 //! a [`MountWatch::fresh`] one: a read begun after the question. Questions asked
@@ -25,7 +25,7 @@ use crate::mounts::MountTable;
 use crate::sys;
 
 /// Where the mount table comes from: the kernel's mountinfo ([`Mountinfo`]), or
-/// in unit tests a table the test changes. The reader asks
+/// in unit tests the fake kernel's (`sys::fake::FakeSys`). The reader asks
 /// it for the table once per change it reports and once per question for a
 /// fresh table; it never polls.
 pub trait MountSource: Send + 'static {
@@ -276,6 +276,27 @@ mod tests {
         drop(a);
         drop(b);
         assert!(watch.inner.subscribers.lock().unwrap().by_path.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_reads_its_source_once_per_change_it_reports() {
+        let sys = Arc::new(crate::sys::fake::FakeSys::new().mounted(&["1 0 0:1 / / rw - ext4 /dev/a rw"]));
+        let watch = MountWatch::start_with(sys.clone()).unwrap();
+        let mut sub = watch.subscribe(&[Path::new("/pod/v")]);
+        sub.mark_seen();
+        let start = tokio::time::Instant::now();
+        // A change is heard by event, at once; no change, no read.
+        let id = sys.mount("9 1 0:40 / /pod/v rw - tmpfs tmpfs rw");
+        tokio::time::timeout(std::time::Duration::from_secs(1), sub.changed()).await.expect("heard at once");
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(watch.latest().volume_at(Path::new("/pod/v"), |_| true).map(|m| m.id), Some(id));
+        let reads = watch.inner.started.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        assert_eq!(watch.inner.started.load(Ordering::SeqCst), reads);
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(3600));
+        // A fresh table is one read after the question.
+        sys.unmount_top(Path::new("/pod/v"));
+        assert!(!watch.fresh().await.unwrap().is_mount_point(Path::new("/pod/v")));
     }
 
     #[tokio::test(flavor = "current_thread")]
