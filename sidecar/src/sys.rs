@@ -422,6 +422,7 @@ pub mod fake {
     }
 
     type Matches = Box<dyn Fn(&Call) -> bool + Send + Sync>;
+    type Act = Box<dyn Fn() + Send + Sync>;
 
     /// A line of the script: the calls it answers, its answers for the first of
     /// them (one each), and its answer for every call after those.
@@ -445,6 +446,8 @@ pub mod fake {
         calls: Mutex<Vec<(Instant, Call)>>,
         /// The answers; the last rule scripted for a call wins.
         script: Mutex<Vec<Rule>>,
+        /// What happens elsewhere as a call is made (see [`FakeSys::on`]).
+        hooks: Mutex<Vec<(Matches, Act)>>,
         flags: Mutex<Option<MsFlags>>,
         released: Mutex<bool>,
         release: Condvar,
@@ -461,12 +464,13 @@ pub mod fake {
             FakeSys {
                 calls: Mutex::default(),
                 script: Mutex::default(),
+                hooks: Mutex::default(),
                 flags: Mutex::default(),
                 released: Mutex::default(),
                 release: Condvar::new(),
                 mounts: Mutex::default(),
                 changed: Notify::new(),
-                runtime: tokio::runtime::Handle::try_current().ok(),
+                runtime: tokio::runtime::Handle::try_current().ok().inspect(|_| clock::hold_for_fakes()),
             }
         }
     }
@@ -519,6 +523,18 @@ pub mod fake {
         ) -> Self {
             let (matches, first) = (Box::new(matches), first.into_iter().collect());
             self.script.lock().unwrap().push(Rule { matches, first, then });
+            self
+        }
+
+        /// Runs `act` as each call `matches` picks is made, before it is answered, on
+        /// the calling thread: what happens elsewhere at that moment (a daemon that
+        /// dies as its mount is bound).
+        pub fn on(
+            self,
+            matches: impl Fn(&Call) -> bool + Send + Sync + 'static,
+            act: impl Fn() + Send + Sync + 'static,
+        ) -> Self {
+            self.hooks.lock().unwrap().push((Box::new(matches), Box::new(act)));
             self
         }
 
@@ -596,6 +612,9 @@ pub mod fake {
         /// Records `call`, then answers it as scripted (after any hang).
         fn call(&self, call: Call) -> Result<(), Errno> {
             self.calls.lock().unwrap().push((self.now(), call.clone()));
+            for (_, act) in self.hooks.lock().unwrap().iter().filter(|(matches, _)| matches(&call)) {
+                act();
+            }
             let scripted = self.script.lock().unwrap().iter_mut().rev().find(|r| (r.matches)(&call)).map(Rule::next);
             let unknown = matches!(call.method(), Method::BindFlags | Method::RemountBind | Method::FuseControl);
             match scripted {
@@ -702,23 +721,32 @@ pub mod fake {
     /// fake answered. A blocking task holds the clock (tokio does not advance it
     /// while one runs); it ends when the call returns, after its answer was
     /// sent, or when the fake starts to hang, so that a hung call gives up at
-    /// its deadline in paused time, as it would in real time.
+    /// its deadline in paused time, as it would in real time. Only on the
+    /// thread of a test that made a fake in its runtime.
     pub mod clock {
-        use std::cell::RefCell;
+        use std::cell::{Cell, RefCell};
         use std::sync::mpsc::{channel, Sender};
 
         thread_local! {
             /// The hold of the call this thread runs.
             static HOLD: RefCell<Option<Hold>> = const { RefCell::new(None) };
+            /// Bounded calls made on this thread hold the clock.
+            static FOR_FAKES: Cell<bool> = const { Cell::new(false) };
+        }
+
+        /// Makes the bounded calls of this thread's runtime hold its clock.
+        pub fn hold_for_fakes() {
+            FOR_FAKES.with(|f| f.set(true));
         }
 
         /// Holds the clock until dropped.
         pub struct Hold(#[allow(dead_code)] Sender<()>);
 
-        /// Holds the clock of the current runtime, if it is one that can be paused.
+        /// Holds the clock of the current runtime, if this thread made a fake in it
+        /// and the runtime is one that can be paused.
         pub fn hold() -> Option<Hold> {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
-            if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            if !FOR_FAKES.with(Cell::get) || runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
                 return None;
             }
             let (tx, rx) = channel::<()>();
@@ -762,6 +790,12 @@ mod tests {
         }
         // One thread served them all (other tests may run beside this one).
         assert!(thread_count() <= before + 4, "{} threads after 50 calls, {before} before", thread_count());
+        // A thread that is done waits for the next call (a test beside this one
+        // may be using it meanwhile).
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while pool::idle() == 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(pool::idle() >= 1);
         // A call that does not return in time gives up; the next one is served.
         let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
