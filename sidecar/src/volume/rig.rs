@@ -53,6 +53,20 @@ pub struct Rig {
     pub hurry: watch::Sender<bool>,
     /// Asks the task to stop.
     pub stop: oneshot::Sender<Deadlines>,
+    _reaper: Reaper,
+}
+
+/// Kills the daemons a failed test left running (unreaped, so their pids are theirs).
+struct Reaper(Arc<Children>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in self.0.pids() {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 /// `volume`'s task on `sys`, whose mount table it reads through a mount-table watch.
@@ -79,8 +93,9 @@ pub fn rig_staged(volume: Volume, sys: FakeSys, stage: &Path) -> Rig {
         fuse_control: None,
     };
     let (stop, stop_rx) = oneshot::channel();
+    let reaper = Reaper(ctx.children.clone());
     let task = Task::new(volume, MOUNTPOINT.into(), ctx, table, stop_rx);
-    Rig { task, sys, started: Instant::now(), hurry, stop }
+    Rig { task, sys, started: Instant::now(), hurry, stop, _reaper: reaper }
 }
 
 impl Rig {
