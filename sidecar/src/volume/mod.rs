@@ -343,17 +343,7 @@ impl Task {
         let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
-            if !env.contains_key("CACHESIZE") && std::env::var_os("CACHESIZE").is_none() {
-                let limit = objectivefs::container_memory_limit();
-                let sharing = self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed);
-                match objectivefs::cache_size_mib(limit, sharing) {
-                    Some(mib) => {
-                        info!(cachesize = %format!("{mib}M"), limit = ?limit, sharing, "CACHESIZE not set: sized from the container's memory limit, not the node's memory");
-                        env.insert("CACHESIZE".into(), format!("{mib}M"));
-                    }
-                    None => warn!("CACHESIZE not set and the container has no memory limit: ObjectiveFS sizes its cache from the node's memory; set CACHESIZE or a memory limit"),
-                }
-            }
+            objectivefs::size_cache(&mut env, self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed));
         }
         let mut secrets = secrets.values();
         self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
@@ -556,76 +546,6 @@ impl Task {
             stop.recv().await;
         })
         .await
-    }
-
-    async fn mount_zfs(
-        &mut self,
-        dataset: &str,
-        create: Option<&BTreeMap<String, String>>,
-        env: &BTreeMap<String, String>,
-        secrets: &[String],
-    ) -> Result<(), String> {
-        if self.helper(zfs::list_argv(dataset), env, secrets).await.is_err() {
-            let Some(properties) = create else {
-                return Err(format!(
-                    "dataset {dataset} does not exist; create it on the node's pool, or add `create:` to the spec"
-                ));
-            };
-            match self.helper(zfs::create_argv(dataset, properties), env, secrets).await {
-                Ok(_) => info!(dataset, "created the dataset"),
-                // Another pod may have created it meanwhile: what exists is never touched.
-                Err(err) if self.helper(zfs::list_argv(dataset), env, secrets).await.is_ok() => {
-                    info!(dataset, %err, "the dataset appeared meanwhile; using it as it is");
-                }
-                Err(err) => return Err(format!("cannot create dataset {dataset}: {err}")),
-            }
-        }
-        let zfs_mountpoint = self
-            .helper(zfs::mountpoint_argv(dataset), env, secrets)
-            .await
-            .map_err(|e| format!("cannot read the mountpoint property of {dataset}: {e}"))?;
-        let argv = zfs::mount_argv(dataset, &zfs_mountpoint, &self.volume.options, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {dataset}: {e}"))
-    }
-
-    async fn mount_block(
-        &mut self,
-        device: &Path,
-        fs_type: &str,
-        format: bool,
-        env: &BTreeMap<String, String>,
-        secrets: &[String],
-    ) -> Result<(), String> {
-        if std::fs::metadata(device).is_err() {
-            return Err(format!("device {} not found; attach it to the node, or fix `device`", device.display()));
-        }
-        self.matcher = Matcher::for_volume(&self.volume.source);
-        let probe = match self.helper(block::probe_argv(device), env, secrets).await {
-            Ok(output) => block::parse_probe(&output),
-            // blkid -p exits 2 when it finds no signature at all.
-            Err(err) if err.code() == Some(2) => block::Probe::Empty,
-            Err(err) => return Err(format!("cannot probe {}: {err}", device.display())),
-        };
-        if block::decide(device, &probe, fs_type, format)? == block::Action::FormatThenMount {
-            info!(device = %device.display(), fs_type, "no filesystem on the device: formatting it");
-            self.helper(block::mkfs_argv(fs_type, device), env, secrets)
-                .await
-                .map_err(|e| format!("cannot format {}: {e}", device.display()))?;
-        }
-        let argv = block::mount_argv(fs_type, &self.volume.options, device, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
-    }
-
-    async fn warn_on_zfs_version_mismatch(&mut self) {
-        let env = self.volume.env.clone();
-        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &env, &[]).await {
-            Ok(output) => {
-                if let Some((user, kmod)) = zfs::version_mismatch(&output) {
-                    warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
-                }
-            }
-            Err(err) => debug!(%err, "cannot read the zfs versions"),
-        }
     }
 
     /// Waits until this volume's mount is on top at the mountpoint.
