@@ -78,6 +78,12 @@ impl Children {
     pub fn count(&self) -> usize {
         self.known.lock().expect("children lock").len()
     }
+
+    /// The children not reaped yet.
+    #[cfg(test)]
+    pub fn pids(&self) -> Vec<i32> {
+        self.known.lock().expect("children lock").iter().copied().collect()
+    }
 }
 
 /// Children of this process, from `/proc/self/task/*/children`; an orphan is

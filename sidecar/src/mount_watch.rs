@@ -3,23 +3,63 @@
 //! POLLPRI after every mount or unmount in the namespace), and wakes only the
 //! volume tasks whose paths that change touched: a mount event costs one parse
 //! and a look at each watched path, however many volumes there are, instead of
-//! a parse per volume.
+//! a parse per volume. The table comes from a [`MountSource`]: [`Mountinfo`] in
+//! the supervisor, the fake kernel's in unit tests.
 //!
 //! A task that needs the table as it is after its own mount or unmount asks for
 //! a [`MountWatch::fresh`] one: a read begun after the question. Questions asked
 //! together share one read.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 use tracing::{error, warn};
 
 use crate::mounts::MountTable;
 use crate::sys;
+
+/// Where the mount table comes from: the kernel's mountinfo ([`Mountinfo`]), or
+/// in unit tests the fake kernel's (`sys::fake::FakeSys`). The reader asks
+/// it for the table once per change it reports and once per question for a
+/// fresh table; it never polls.
+pub trait MountSource: Send + 'static {
+    /// The table as it is now.
+    fn read(&mut self) -> std::io::Result<MountTable>;
+    /// Resolves when the table may have changed since the last call. An error
+    /// ends the watch.
+    fn changed(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// The kernel's table of this process's mount namespace: `/proc/self/mountinfo`,
+/// whose `poll` gives POLLPRI after every mount or unmount in the namespace.
+pub struct Mountinfo {
+    fd: AsyncFd<std::fs::File>,
+}
+
+impl Mountinfo {
+    /// Opens mountinfo and registers it with the current runtime's reactor.
+    pub fn open() -> std::io::Result<Mountinfo> {
+        let file = std::fs::File::open("/proc/self/mountinfo")?;
+        Ok(Mountinfo { fd: sys::watch_fd(file, Interest::PRIORITY)? })
+    }
+}
+
+impl MountSource for Mountinfo {
+    fn read(&mut self) -> std::io::Result<MountTable> {
+        MountTable::read_self()
+    }
+
+    async fn changed(&mut self) -> std::io::Result<()> {
+        self.fd.ready(Interest::PRIORITY).await?.clear_ready();
+        Ok(())
+    }
+}
 
 /// The shared reader (cheap to clone).
 #[derive(Clone)]
@@ -93,21 +133,23 @@ impl Drop for Subscription {
 }
 
 impl MountWatch {
-    /// Reads the table and starts the reader on the current runtime.
+    /// Reads the kernel's table and starts the reader on the current runtime.
     pub fn start() -> std::io::Result<MountWatch> {
-        let file = std::fs::File::open("/proc/self/mountinfo")?;
-        let fd = sys::watch_fd(file, Interest::PRIORITY)?;
-        let watch = MountWatch::with_table(MountTable::read_self()?);
+        MountWatch::start_with(Mountinfo::open()?)
+    }
+
+    /// Reads the table from `source` and starts the reader on the current
+    /// runtime: a read after each change `source` reports, and after each
+    /// question for a fresh table.
+    pub fn start_with<S: MountSource>(mut source: S) -> std::io::Result<MountWatch> {
+        let watch = MountWatch::with_table(source.read()?);
         let inner = watch.inner.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    ready = fd.ready(Interest::PRIORITY) => match ready {
-                        Ok(mut guard) => guard.clear_ready(),
-                        Err(err) => {
-                            error!(%err, "the mount-table watch failed");
-                            return;
-                        }
+                    changed = source.changed() => if let Err(err) = changed {
+                        error!(%err, "the mount-table watch failed");
+                        return;
                     },
                     _ = inner.wanted.notified() => {}
                 }
@@ -116,7 +158,7 @@ impl MountWatch {
                     return;
                 }
                 let reads = inner.started.fetch_add(1, Ordering::SeqCst) + 1;
-                let failed = match MountTable::read_self() {
+                let failed = match source.read() {
                     Ok(table) => {
                         inner.publish(table);
                         None
@@ -234,6 +276,27 @@ mod tests {
         drop(a);
         drop(b);
         assert!(watch.inner.subscribers.lock().unwrap().by_path.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_reads_its_source_once_per_change_it_reports() {
+        let sys = Arc::new(crate::sys::fake::FakeSys::new().mounted(&["1 0 0:1 / / rw - ext4 /dev/a rw"]));
+        let watch = MountWatch::start_with(sys.clone()).unwrap();
+        let mut sub = watch.subscribe(&[Path::new("/pod/v")]);
+        sub.mark_seen();
+        let start = tokio::time::Instant::now();
+        // A change is heard by event, at once; no change, no read.
+        let id = sys.mount("9 1 0:40 / /pod/v rw - tmpfs tmpfs rw");
+        tokio::time::timeout(std::time::Duration::from_secs(1), sub.changed()).await.expect("heard at once");
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(watch.latest().volume_at(Path::new("/pod/v"), |_| true).map(|m| m.id), Some(id));
+        let reads = watch.inner.started.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        assert_eq!(watch.inner.started.load(Ordering::SeqCst), reads);
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(3600));
+        // A fresh table is one read after the question.
+        sys.unmount_top(Path::new("/pod/v"));
+        assert!(!watch.fresh().await.unwrap().is_mount_point(Path::new("/pod/v")));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -2,7 +2,12 @@
 //! with a filesystem mounted at the volume. A device is formatted only when
 //! `blkid` finds nothing at all on it; one that holds anything else is refused.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use tracing::info;
+
+use super::{Matcher, Task};
 
 pub const PROBE: &str = "blkid";
 pub const MOUNT: &str = "mount";
@@ -80,6 +85,37 @@ pub fn mount_argv(fs_type: &str, options: &[String], device: &Path, target: &Pat
     argv.push(device.display().to_string());
     argv.push(target.display().to_string());
     argv
+}
+
+impl Task {
+    /// Probes the device, formats it only if it holds nothing, and mounts it.
+    pub(super) async fn mount_block(
+        &mut self,
+        device: &Path,
+        fs_type: &str,
+        format: bool,
+        env: &BTreeMap<String, String>,
+        secrets: &[String],
+    ) -> Result<(), String> {
+        if std::fs::metadata(device).is_err() {
+            return Err(format!("device {} not found; attach it to the node, or fix `device`", device.display()));
+        }
+        self.matcher = Matcher::for_volume(&self.volume.source);
+        let probe = match self.helper(probe_argv(device), env, secrets).await {
+            Ok(output) => parse_probe(&output),
+            // blkid -p exits 2 when it finds no signature at all.
+            Err(err) if err.code() == Some(2) => Probe::Empty,
+            Err(err) => return Err(format!("cannot probe {}: {err}", device.display())),
+        };
+        if decide(device, &probe, fs_type, format)? == Action::FormatThenMount {
+            info!(device = %device.display(), fs_type, "no filesystem on the device: formatting it");
+            self.helper(mkfs_argv(fs_type, device), env, secrets)
+                .await
+                .map_err(|e| format!("cannot format {}: {e}", device.display()))?;
+        }
+        let argv = mount_argv(fs_type, &self.volume.options, device, &self.mountpoint);
+        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
+    }
 }
 
 #[cfg(test)]

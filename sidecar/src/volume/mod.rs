@@ -10,6 +10,8 @@ pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
 mod policy;
+#[cfg(test)]
+mod rig;
 mod status;
 mod teardown;
 pub mod zfs;
@@ -79,24 +81,10 @@ pub struct Handle {
 impl Handle {
     /// Starts the volume's task.
     pub fn start(volume: Volume, mountpoint: PathBuf, ctx: Context, table: MountWatch) -> Handle {
-        let status = Arc::new(Mutex::new(Status::new(&volume, &mountpoint)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let span = tracing::info_span!("volume", volume = %volume.name, mountpoint = %mountpoint.display());
-        let matcher = Matcher::for_volume(&volume.source);
-        // Woken only by changes at its own paths: the mountpoint and its stage.
-        let changes = table.subscribe(&[&mountpoint, &ctx.stage.join(&volume.name)]);
-        let task = Task {
-            volume: volume.clone(),
-            mountpoint,
-            matcher,
-            ctx,
-            status: status.clone(),
-            table,
-            changes,
-            stop: Stop::new(stop_rx),
-            secret_read: Default::default(),
-            writeback: None,
-        };
+        let task = Task::new(volume.clone(), mountpoint, ctx, table, stop_rx);
+        let status = task.status.clone();
         let task = tokio::spawn(task.run().instrument(span));
         Handle { volume, status, stop: Some(stop_tx), task }
     }
@@ -247,6 +235,33 @@ impl Keeper {
 }
 
 impl Task {
+    /// The volume's task, reading the mount table through `table` and stopped
+    /// through `stop`.
+    fn new(
+        volume: Volume,
+        mountpoint: PathBuf,
+        ctx: Context,
+        table: MountWatch,
+        stop: oneshot::Receiver<Deadlines>,
+    ) -> Task {
+        let status = Arc::new(Mutex::new(Status::new(&volume, &mountpoint)));
+        let matcher = Matcher::for_volume(&volume.source);
+        // Woken only by changes at its own paths: the mountpoint and its stage.
+        let changes = table.subscribe(&[&mountpoint, &ctx.stage.join(&volume.name)]);
+        Task {
+            volume,
+            mountpoint,
+            matcher,
+            ctx,
+            status,
+            table,
+            changes,
+            stop: Stop::new(stop),
+            secret_read: Default::default(),
+            writeback: None,
+        }
+    }
+
     fn set(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().expect("status lock"));
     }
@@ -328,17 +343,7 @@ impl Task {
         let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
-            if !env.contains_key("CACHESIZE") && std::env::var_os("CACHESIZE").is_none() {
-                let limit = objectivefs::container_memory_limit();
-                let sharing = self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed);
-                match objectivefs::cache_size_mib(limit, sharing) {
-                    Some(mib) => {
-                        info!(cachesize = %format!("{mib}M"), limit = ?limit, sharing, "CACHESIZE not set: sized from the container's memory limit, not the node's memory");
-                        env.insert("CACHESIZE".into(), format!("{mib}M"));
-                    }
-                    None => warn!("CACHESIZE not set and the container has no memory limit: ObjectiveFS sizes its cache from the node's memory; set CACHESIZE or a memory limit"),
-                }
-            }
+            objectivefs::size_cache(&mut env, self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed));
         }
         let mut secrets = secrets.values();
         self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
@@ -541,76 +546,6 @@ impl Task {
             stop.recv().await;
         })
         .await
-    }
-
-    async fn mount_zfs(
-        &mut self,
-        dataset: &str,
-        create: Option<&BTreeMap<String, String>>,
-        env: &BTreeMap<String, String>,
-        secrets: &[String],
-    ) -> Result<(), String> {
-        if self.helper(zfs::list_argv(dataset), env, secrets).await.is_err() {
-            let Some(properties) = create else {
-                return Err(format!(
-                    "dataset {dataset} does not exist; create it on the node's pool, or add `create:` to the spec"
-                ));
-            };
-            match self.helper(zfs::create_argv(dataset, properties), env, secrets).await {
-                Ok(_) => info!(dataset, "created the dataset"),
-                // Another pod may have created it meanwhile: what exists is never touched.
-                Err(err) if self.helper(zfs::list_argv(dataset), env, secrets).await.is_ok() => {
-                    info!(dataset, %err, "the dataset appeared meanwhile; using it as it is");
-                }
-                Err(err) => return Err(format!("cannot create dataset {dataset}: {err}")),
-            }
-        }
-        let zfs_mountpoint = self
-            .helper(zfs::mountpoint_argv(dataset), env, secrets)
-            .await
-            .map_err(|e| format!("cannot read the mountpoint property of {dataset}: {e}"))?;
-        let argv = zfs::mount_argv(dataset, &zfs_mountpoint, &self.volume.options, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {dataset}: {e}"))
-    }
-
-    async fn mount_block(
-        &mut self,
-        device: &Path,
-        fs_type: &str,
-        format: bool,
-        env: &BTreeMap<String, String>,
-        secrets: &[String],
-    ) -> Result<(), String> {
-        if std::fs::metadata(device).is_err() {
-            return Err(format!("device {} not found; attach it to the node, or fix `device`", device.display()));
-        }
-        self.matcher = Matcher::for_volume(&self.volume.source);
-        let probe = match self.helper(block::probe_argv(device), env, secrets).await {
-            Ok(output) => block::parse_probe(&output),
-            // blkid -p exits 2 when it finds no signature at all.
-            Err(err) if err.code() == Some(2) => block::Probe::Empty,
-            Err(err) => return Err(format!("cannot probe {}: {err}", device.display())),
-        };
-        if block::decide(device, &probe, fs_type, format)? == block::Action::FormatThenMount {
-            info!(device = %device.display(), fs_type, "no filesystem on the device: formatting it");
-            self.helper(block::mkfs_argv(fs_type, device), env, secrets)
-                .await
-                .map_err(|e| format!("cannot format {}: {e}", device.display()))?;
-        }
-        let argv = block::mount_argv(fs_type, &self.volume.options, device, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
-    }
-
-    async fn warn_on_zfs_version_mismatch(&mut self) {
-        let env = self.volume.env.clone();
-        match self.helper(vec![zfs::PROGRAM.into(), "version".into()], &env, &[]).await {
-            Ok(output) => {
-                if let Some((user, kmod)) = zfs::version_mismatch(&output) {
-                    warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
-                }
-            }
-            Err(err) => debug!(%err, "cannot read the zfs versions"),
-        }
     }
 
     /// Waits until this volume's mount is on top at the mountpoint.
@@ -979,7 +914,180 @@ enum UnmountError {
 
 #[cfg(test)]
 mod tests {
+    use super::rig::*;
     use super::*;
+    use crate::sys::fake::{Answer, Call, FakeSys, Method};
+
+    /// The volume's mount on top at the mountpoint in the fake's table: its id and
+    /// the device it is of.
+    fn on_top(rig: &Rig) -> Option<(i32, (u32, u32))> {
+        let table = rig.sys.table();
+        table.volume_at(Path::new(MOUNTPOINT), |m| m.is_fuse()).map(|m| (m.id, m.dev))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attach_binds_the_daemons_mount_and_confirms_it_from_the_table() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE]);
+        let mut rig = rig(fuse_volume(), sys);
+        let id = rig.task.attach().await.expect("bound");
+
+        // The daemon's mount (its device) is on top at the mountpoint, and the id
+        // given is the one the table shows there.
+        assert_eq!(on_top(&rig), Some((id, (0, 31))));
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs", "fuse.bindfs"]);
+        assert_eq!(rig.binds(), [(Duration::ZERO, Call::Bind(STAGE.into(), MOUNTPOINT.into()))]);
+        assert_eq!(rig.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attach_names_a_failed_bind_and_leaves_nothing_mounted() {
+        let sys = FakeSys::new()
+            .mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE])
+            .answer(Method::Bind, Answer::Err(Errno::EACCES));
+        let mut rig = rig(fuse_volume(), sys);
+        let error = rig.task.attach().await.expect_err("the bind fails");
+
+        assert_eq!(error, "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+        assert_eq!(rig.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attach_gives_up_on_a_hung_bind_at_its_deadline() {
+        let sys = FakeSys::new()
+            .mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE])
+            .answer(Method::Bind, Answer::HangUntilReleased);
+        let mut rig = rig(fuse_volume(), sys);
+        let error = rig.task.attach().await.expect_err("the bind hangs");
+
+        assert_eq!(error, "binding the daemon's mount onto the mountpoint did not return");
+        assert_eq!(rig.elapsed(), CHECK_TIMEOUT);
+        rig.sys.release();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attach_never_binds_the_bare_staging_directory() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS]);
+        let mut rig = rig(fuse_volume(), sys);
+        let error = rig.task.attach().await.expect_err("no daemon's mount");
+
+        assert_eq!(error, "the daemon's mount is no longer at the staging directory");
+        assert!(rig.binds().is_empty());
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+    }
+
+    /// Kills the daemon `status` names and waits until it has exited (a zombie, or reaped).
+    fn kill_daemon(status: &SharedStatus) {
+        let pid = status.lock().unwrap().pid.expect("a daemon runs");
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let stat = format!("/proc/{pid}/stat");
+        let exited = || {
+            std::fs::read_to_string(&stat)
+                .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !exited() {
+            assert!(std::time::Instant::now() < until, "daemon {pid} did not exit");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_bind_is_reported_and_the_volume_started_again_after_the_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stages, stage) = (dir.path().join("stage"), dir.path().join("stage/data"));
+        let stage_tmpfs = format!("30 1 0:30 / {} rw - tmpfs sidemount-stage rw", stages.display());
+        let daemon_at_stage = format!("31 30 0:31 / {} rw - fuse.bindfs bindfs rw", stage.display());
+        let status = Arc::new(std::sync::OnceLock::<SharedStatus>::new());
+        let (binds, dying) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), status.clone());
+        let staged = stage.clone();
+        let sys = FakeSys::new()
+            .mounted(&[ROOT, POD_BIND, &stage_tmpfs, &daemon_at_stage])
+            // Each daemon's mount at the stage: the one line, which no unmount of the stage removes.
+            .answers_when(Method::Unmount, move |p| p == staged, [], Answer::Err(Errno::EINVAL))
+            // The first two binds fail, and their daemons die as they do (its connection
+            // lost with the bind, as a daemon can): each start ends there.
+            .answers(Method::Bind, [Answer::Err(Errno::EIO); 2], Answer::Ok)
+            .on(
+                |c| matches!(c, Call::Bind(..)),
+                move || {
+                    if binds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                        kill_daemon(dying.get().unwrap());
+                    }
+                },
+            );
+        let mut volume = fuse_volume();
+        volume.source = Source::Fuse { command: vec!["sleep".into(), "3600".into()] };
+        let rig = rig_staged(volume, sys, &stages);
+        status.set(rig.task.status.clone()).unwrap();
+        let (sys, children) = (rig.sys.clone(), rig.task.ctx.children.clone());
+        let status = rig.task.status.clone();
+        let running = tokio::spawn(rig.task.run());
+        let ready = async {
+            while status.lock().unwrap().phase != Phase::Ready {
+                sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready).await.expect("ready in the end");
+
+        // Each failure said why; the first start again at once, the next after the
+        // backoff's 500 ms; the third bind is the volume's mount, on top at the mountpoint.
+        let started = rig.started;
+        let bound_at: Vec<Duration> = sys
+            .calls_at()
+            .into_iter()
+            .filter(|(_, c)| matches!(c, Call::Bind(..)))
+            .map(|(at, _)| at - started)
+            .collect();
+        assert_eq!(bound_at, [Duration::ZERO, Duration::ZERO, backoff(2)]);
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        {
+            let s = status.lock().unwrap();
+            assert_eq!((s.errors, s.restarts), (2, 2));
+            assert_eq!(
+                s.last_error.as_deref(),
+                Some("cannot bind the daemon's mount onto the mountpoint: EIO: I/O error")
+            );
+        }
+        let on_top = sys.table().volume_at(Path::new(MOUNTPOINT), |m| m.is_fuse()).map(|m| m.dev);
+        assert_eq!(on_top, Some((0, 31)));
+
+        // Stopped: the bind is gone, and so are the daemons.
+        rig.stop.send(Deadlines::within(Duration::from_secs(2))).unwrap();
+        running.await.unwrap();
+        assert_eq!(sys.table().stack_at(Path::new(MOUNTPOINT)).len(), 1);
+        assert_eq!(children.count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mount_unmounted_by_someone_else_is_bound_again_until_a_bind_fails() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE, BOUND]).answers(
+            Method::Bind,
+            [Answer::Ok],
+            Answer::Err(Errno::EIO),
+        );
+        let mut rig = rig(fuse_volume(), sys);
+        let (sys, status) = (rig.sys.clone(), rig.task.status.clone());
+        let mut keeper = Keeper::Kernel;
+        let watching = rig.task.watch_mounted(&mut keeper, 32);
+        tokio::pin!(watching);
+
+        // Unmounted by someone else: bound again from the stage at once, and counted.
+        sys.unmount_top(Path::new(MOUNTPOINT));
+        tokio::select! {
+            _ = &mut watching => panic!("the watch ended after a repair that worked"),
+            _ = sleep(Duration::from_secs(1)) => {}
+        }
+        let again = sys.table().volume_at(Path::new(MOUNTPOINT), |m| m.is_fuse()).map(|m| (m.id, m.dev));
+        assert!(matches!(again, Some((id, (0, 31))) if id != 32), "{again:?}");
+        assert_eq!(status.lock().unwrap().repairs, 1);
+        // Unmounted again, and the bind fails: the volume is gone (and is started again).
+        sys.unmount_top(Path::new(MOUNTPOINT));
+        let event = tokio::time::timeout(Duration::from_secs(1), &mut watching).await.expect("the watch ends");
+        assert!(matches!(event, Event::Gone));
+        assert_eq!(sys.count(Method::Bind), 2);
+        assert_eq!(status.lock().unwrap().repairs, 1);
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_stop_is_seen_by_every_later_step() {

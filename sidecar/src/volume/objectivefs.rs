@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use tracing::{info, warn};
+
 use crate::secrets::Secrets;
 use crate::spec::Volume;
 
@@ -101,6 +103,23 @@ pub fn missing(
     inherited: impl Fn(&str) -> bool,
 ) -> Vec<&'static str> {
     REQUIRED.into_iter().filter(|key| !secrets.contains(key) && !env.contains_key(*key) && !inherited(key)).collect()
+}
+
+/// Sets `CACHESIZE` in the daemon's environment when neither the spec nor the
+/// container sets it: from the container's memory limit, shared by `sharing`
+/// objectivefs volumes, not from the node's memory, which ObjectiveFS would use.
+pub fn size_cache(env: &mut BTreeMap<String, String>, sharing: usize) {
+    if env.contains_key("CACHESIZE") || std::env::var_os("CACHESIZE").is_some() {
+        return;
+    }
+    let limit = container_memory_limit();
+    match cache_size_mib(limit, sharing) {
+        Some(mib) => {
+            info!(cachesize = %format!("{mib}M"), limit = ?limit, sharing, "CACHESIZE not set: sized from the container's memory limit, not the node's memory");
+            env.insert("CACHESIZE".into(), format!("{mib}M"));
+        }
+        None => warn!("CACHESIZE not set and the container has no memory limit: ObjectiveFS sizes its cache from the node's memory; set CACHESIZE or a memory limit"),
+    }
 }
 
 /// A CACHESIZE (MiB) for one of `volumes` objectivefs volumes under a container

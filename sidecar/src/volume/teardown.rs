@@ -196,3 +196,140 @@ impl Task {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use nix::errno::Errno;
+    use nix::unistd::Pid;
+
+    use super::super::rig::*;
+    use super::super::{leftovers, Owned};
+    use super::*;
+    use crate::sys::fake::{Answer, Call, FakeSys, Method};
+
+    /// The unmounts a clean unmount of the mountpoint alone answers with `answer`.
+    fn clean_unmounts_answer(sys: FakeSys, answer: Answer) -> FakeSys {
+        let clean = |c: &Call| matches!(c, Call::Unmount(p, Unmount::Clean) if p.as_path() == Path::new(MOUNTPOINT));
+        sys.answers_to(clean, [], answer)
+    }
+
+    /// What the shutdown would report as left mounted by the volume.
+    fn left(rig: &Rig) -> Vec<String> {
+        let owned = Owned {
+            name: rig.task.volume.name.clone(),
+            mountpoint: MOUNTPOINT.into(),
+            matcher: rig.task.matcher.clone(),
+        };
+        leftovers(&rig.sys.table(), &[owned])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_fuse_mount_is_retried_until_the_busy_deadline_then_detached() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE, BOUND]);
+        let mut rig = rig(fuse_volume(), clean_unmounts_answer(sys, Answer::Err(Errno::EBUSY)));
+        let daemon = rig.daemon();
+        let pid = daemon.pid();
+        let deadlines = Deadlines::within(Duration::from_secs(20));
+        rig.task.teardown(Keeper::Daemon(Box::new(daemon)), deadlines).await;
+
+        // Nothing of the volume is left, at the mountpoint or the stage, and the daemon is gone.
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+        assert_eq!(rig.mounted_at(STAGE), Vec::<String>::new());
+        assert!(left(&rig).is_empty());
+        assert_eq!(nix::sys::signal::kill(Pid::from_raw(pid), None), Err(Errno::ESRCH));
+        assert_eq!(rig.task.status.lock().unwrap().phase, Phase::Stopped);
+        // A clean unmount every BUSY_RETRY until `busy` (half the budget), then one
+        // detach, at `busy`, and nothing forced.
+        let unmounts = rig.unmounts_of(MOUNTPOINT);
+        let busy = Duration::from_secs(10);
+        let (detached_at, how) = *unmounts.last().unwrap();
+        assert_eq!(how, Unmount::Detach);
+        assert_eq!(detached_at, busy);
+        let cleans: Vec<Duration> = unmounts[..unmounts.len() - 1]
+            .iter()
+            .map(|&(at, how)| {
+                assert_eq!(how, Unmount::Clean);
+                at
+            })
+            .collect();
+        let every_retry: Vec<Duration> = (0..=100).map(|i| BUSY_RETRY * i).collect();
+        assert_eq!(cleans, every_retry);
+        // The daemon is signalled at `busy` and gone by `last`.
+        assert!(rig.elapsed() <= Duration::from_secs(19), "took {:?}", rig.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_second_signal_a_busy_fuse_mount_is_detached_at_once() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE, BOUND]);
+        let mut rig = rig(fuse_volume(), clean_unmounts_answer(sys, Answer::Err(Errno::EBUSY)));
+        let daemon = rig.daemon();
+        let pid = daemon.pid();
+        rig.hurry.send_replace(true);
+        rig.task.teardown(Keeper::Daemon(Box::new(daemon)), Deadlines::within(Duration::from_secs(20))).await;
+
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+        assert_eq!(rig.unmounts_of(MOUNTPOINT), [(Duration::ZERO, Unmount::Clean), (Duration::ZERO, Unmount::Detach)]);
+        // The daemon is signalled at once and given HURRY_GRACE at most.
+        assert_eq!(nix::sys::signal::kill(Pid::from_raw(pid), None), Err(Errno::ESRCH));
+        assert!(rig.elapsed() <= HURRY_GRACE, "took {:?}", rig.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_kernel_mount_is_detached_at_once() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, DISK]);
+        let mut rig = rig(block_volume(), clean_unmounts_answer(sys, Answer::Err(Errno::EBUSY)));
+        rig.task.teardown(Keeper::Kernel, Deadlines::within(Duration::from_secs(20))).await;
+
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+        assert!(left(&rig).is_empty());
+        // Left on the emptyDir, the kubelet's recursive delete would empty it: no wait.
+        assert_eq!(rig.unmounts_of(MOUNTPOINT), [(Duration::ZERO, Unmount::Clean), (Duration::ZERO, Unmount::Detach)]);
+        assert_eq!(rig.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn einval_is_not_retried_until_the_deadline_nor_forced() {
+        // The kernel says there is nothing to unmount while the table still shows a mount.
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, DISK]).answer(Method::Unmount, Answer::Err(Errno::EINVAL));
+        let mut rig = rig(block_volume(), sys);
+        rig.task.teardown(Keeper::Kernel, Deadlines::within(Duration::from_secs(20))).await;
+
+        // A few clean tries (the progress guard's), none forced, and no wait for a deadline.
+        let unmounts = rig.unmounts_of(MOUNTPOINT);
+        assert_eq!(unmounts, [(Duration::ZERO, Unmount::Clean); 3]);
+        assert_eq!(rig.elapsed(), Duration::ZERO);
+        // What the shutdown then reports.
+        assert_eq!(left(&rig), ["data: 1 ext4 mount at /sidemount/data"]);
+        assert_eq!(rig.task.status.lock().unwrap().phase, Phase::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_unmount_gives_up_at_its_deadline_and_the_mount_is_aborted() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, DISK]);
+        let mut rig = rig(block_volume(), clean_unmounts_answer(sys, Answer::HangUntilReleased));
+        rig.task.teardown(Keeper::Kernel, Deadlines::within(Duration::from_secs(20))).await;
+
+        assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
+        assert!(left(&rig).is_empty());
+        assert_eq!(rig.unmounts_of(MOUNTPOINT), [(Duration::ZERO, Unmount::Clean), (CHECK_TIMEOUT, Unmount::Abort)]);
+        assert_eq!(rig.elapsed(), CHECK_TIMEOUT);
+        rig.sys.release();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_unmount_hangs_the_teardown_ends_and_names_what_is_left() {
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, DISK]).answer(Method::Unmount, Answer::HangUntilReleased);
+        let mut rig = rig(block_volume(), sys);
+        rig.task.teardown(Keeper::Kernel, Deadlines::within(Duration::from_secs(20))).await;
+
+        // Each call bounded: the clean one, then the abort, then the teardown gives up.
+        assert_eq!(rig.unmounts_of(MOUNTPOINT), [(Duration::ZERO, Unmount::Clean), (CHECK_TIMEOUT, Unmount::Abort)]);
+        assert_eq!(rig.elapsed(), CHECK_TIMEOUT * 2);
+        assert_eq!(rig.task.status.lock().unwrap().phase, Phase::Stopped);
+        assert_eq!(left(&rig), ["data: 1 ext4 mount at /sidemount/data"]);
+        rig.sys.release();
+    }
+}

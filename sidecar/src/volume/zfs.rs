@@ -6,6 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use tracing::{debug, info, warn};
+
+use super::Task;
+
 pub const PROGRAM: &str = "zfs";
 pub const MOUNT_HELPER: &str = "mount.zfs";
 /// The zfs kernel module's control device: absent, no pool can be reached.
@@ -67,6 +71,52 @@ pub fn version_mismatch(output: &str) -> Option<(String, String)> {
     match (user, kmod) {
         (Some(u), Some(k)) if u != k => Some((u, k)),
         _ => None,
+    }
+}
+
+impl Task {
+    /// Creates the dataset if it is missing and the spec says how, and mounts it.
+    pub(super) async fn mount_zfs(
+        &mut self,
+        dataset: &str,
+        create: Option<&BTreeMap<String, String>>,
+        env: &BTreeMap<String, String>,
+        secrets: &[String],
+    ) -> Result<(), String> {
+        if self.helper(list_argv(dataset), env, secrets).await.is_err() {
+            let Some(properties) = create else {
+                return Err(format!(
+                    "dataset {dataset} does not exist; create it on the node's pool, or add `create:` to the spec"
+                ));
+            };
+            match self.helper(create_argv(dataset, properties), env, secrets).await {
+                Ok(_) => info!(dataset, "created the dataset"),
+                // Another pod may have created it meanwhile: what exists is never touched.
+                Err(err) if self.helper(list_argv(dataset), env, secrets).await.is_ok() => {
+                    info!(dataset, %err, "the dataset appeared meanwhile; using it as it is");
+                }
+                Err(err) => return Err(format!("cannot create dataset {dataset}: {err}")),
+            }
+        }
+        let zfs_mountpoint = self
+            .helper(mountpoint_argv(dataset), env, secrets)
+            .await
+            .map_err(|e| format!("cannot read the mountpoint property of {dataset}: {e}"))?;
+        let argv = mount_argv(dataset, &zfs_mountpoint, &self.volume.options, &self.mountpoint);
+        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {dataset}: {e}"))
+    }
+
+    /// Warns when the image's zfs tools and the node's module differ.
+    pub(super) async fn warn_on_zfs_version_mismatch(&mut self) {
+        let env = self.volume.env.clone();
+        match self.helper(vec![PROGRAM.into(), "version".into()], &env, &[]).await {
+            Ok(output) => {
+                if let Some((user, kmod)) = version_mismatch(&output) {
+                    warn!(userland = %user, kernel_module = %kmod, "the image's zfs tools and the node's zfs module differ; use an image built for the node's OpenZFS version");
+                }
+            }
+            Err(err) => debug!(%err, "cannot read the zfs versions"),
+        }
     }
 }
 
