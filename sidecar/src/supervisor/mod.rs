@@ -636,22 +636,26 @@ impl Supervisor {
             .collect();
         if self.stage_ready {
             // Nothing is mounted under it any more; it goes with the container anyway.
-            let _ = self.ctx.sys.unmount(&self.ctx.stage, crate::sys::Unmount::Detach);
+            let (sys, stage) = (self.ctx.sys.clone(), self.ctx.stage.clone());
+            let _ = sys::bounded(self.ctx.check_timeout, move || sys.unmount(&stage, sys::Unmount::Detach)).await;
         }
         // The last word is the mount table's, not the tasks': exit 0 only with
         // nothing of ours left at any mountpoint; and when someone mounted there
         // during the shutdown, only once nothing came back for a while.
         let paths: Vec<&Path> = owned.iter().map(|o| o.mountpoint.as_path()).collect();
         let mut changes = self.table.subscribe(&paths);
-        let read = || match MountTable::read_self() {
-            Ok(table) => crate::volume::leftovers(&table, &owned),
-            Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
+        let table = &self.table;
+        let read = || async {
+            match table.fresh().await {
+                Ok(table) => crate::volume::leftovers(&table, &owned),
+                Err(err) => vec![format!("unknown: the mount table cannot be read: {err}")],
+            }
         };
-        let mut mounted = read();
+        let mut mounted = read().await;
         let churned = rebound.is_finished();
         rebound.abort();
         if mounted.is_empty() && churned && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
-            mounted = read();
+            mounted = read().await;
         }
         drop(changes);
         let unflushed = self.ctx.unflushed.take();
