@@ -226,9 +226,11 @@ fn an_alias_bomb_is_refused_quickly_and_says_so() {
         bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
     }
     bomb.push_str("volumes: *a8\n");
+    // The message shows the budget was hit; the time bound catches an expansion of
+    // the 9^9 values before it (minutes), with room for a loaded machine.
     let started = std::time::Instant::now();
     let (field, message) = problem(&bomb);
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     assert_eq!(field, "volumes");
     assert!(
         message.contains(&format!("aliases (*name) that expand to more than {MAX_SPEC_VALUES} values")),
@@ -244,7 +246,7 @@ fn an_alias_bomb_is_refused_quickly_and_says_so() {
     let started = std::time::Instant::now();
     let message = problem(&wide).1;
     assert!(message.contains("aliases"), "{message}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     // An alias or two in a real spec is read.
     let shared =
         "- {name: a, type: zfs, dataset: p/a, env: &env {A: b}}\n- {name: b, type: zfs, dataset: p/b, env: *env}";
