@@ -622,19 +622,28 @@ impl Task {
         loop {
             let seen = self.latest();
             let mounted = seen.volume_at(&watched, |m| self.matcher.matches(m)).is_some();
-            // The watch may still hold a table from before the stage was cleared:
-            // what it shows is confirmed with the kernel before it is acted on.
-            let fresh = if mounted { self.fresh().await.ok() } else { None };
-            if let Some(id) =
-                fresh.as_ref().and_then(|t| t.volume_at(&watched, |m| self.matcher.matches(m))).map(|m| m.id)
-            {
+            // A daemon's stage was seen empty in a table read after it was cleared
+            // (`release_stage`), and the reader publishes its reads in order: a later
+            // table with a mount there shows the new daemon's. A kernel mount's table
+            // may still be one from before the mountpoint was cleared: what it shows
+            // is confirmed with the kernel before it is acted on.
+            let confirmed = match (mounted, self.has_daemon()) {
+                (false, _) => None,
+                (true, true) => Some(seen),
+                (true, false) => self.fresh().await.ok(),
+            };
+            let found = confirmed.and_then(|table| {
+                let id = table.volume_at(&watched, |m| self.matcher.matches(m))?.id;
+                Some((id, table))
+            });
+            if let Some((id, table)) = found {
                 if !self.has_daemon() {
                     return Event::Mounted(id);
                 }
                 if let Some(deadlines) = self.stop.requested() {
                     return Event::Stop(deadlines);
                 }
-                return match self.attach().await {
+                return match self.attach(table).await {
                     Ok(id) => Event::Mounted(id),
                     Err(message) => Event::Unattached(message),
                 };
@@ -670,16 +679,20 @@ impl Task {
                     }
                     // The watch may deliver a table read before our own last bind: ask the
                     // kernel again before calling the mount gone.
-                    match self.fresh().await {
+                    let now = match self.fresh().await {
                         Ok(now) if self.mounted_id(&now) == Some(mount_id) => continue,
-                        _ => {}
-                    }
+                        Ok(now) => now,
+                        Err(message) => {
+                            warn!(%message, "cannot bind the mount again");
+                            return Event::Gone;
+                        }
+                    };
                     if !self.has_daemon() {
                         return Event::Gone;
                     }
                     // The daemon still serves its mount at the stage. Apps that captured
                     // the old bind keep it, alive; the rest see the new one.
-                    match self.attach().await {
+                    match self.attach(now).await {
                         Ok(id) => {
                             let reason = "the mount disappeared (unmounted by someone else)";
                             warn!(%reason, "bound again from the stage");
@@ -798,17 +811,19 @@ impl Task {
     /// taken away strands whoever captured it. The most recent layer was on top for
     /// the shortest time, while the bottom ones hold the apps started with the pod,
     /// which keep receiving every repair.
-    async fn trim_layers(&self) -> Result<(), String> {
+    ///
+    /// It starts from `table` (read since the daemon's mount appeared) and returns
+    /// the table it looked at last.
+    async fn trim_layers(&self, mut table: Arc<MountTable>) -> Result<Arc<MountTable>, String> {
         let mut progress = Progress::default();
         loop {
-            let table = self.fresh().await?;
             let stack = table.stack_at(&self.mountpoint);
-            let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
+            let (layers, ours) = (stack.len(), stack.iter().filter(|m| self.matcher.matches(m)).count());
             let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
-            if ours < MAX_LAYERS || stack.len() < 2 || !top_is_ours {
-                return Ok(());
+            if ours < MAX_LAYERS || layers < 2 || !top_is_ours {
+                return Ok(table);
             }
-            if progress.stalled(stack.len()) {
+            if progress.stalled(layers) {
                 return Err("the layers at the mountpoint would not go away".into());
             }
             self.unmount(Unmount::Detach)
@@ -820,28 +835,34 @@ impl Task {
                 max = MAX_LAYERS,
                 "too many layers at the mountpoint: detached the topmost instead of covering it; an app container that started while it was on top reads ENOTCONN until it restarts"
             );
+            table = self.fresh().await?;
         }
     }
 
     /// Binds the daemon's mount from the stage onto the mountpoint, on top of
     /// whatever is there: the pod volume's bind, or dead mounts of earlier daemons
     /// that apps may hold (their copies receive mounts made on top of them).
-    /// Returns the new mount's id.
-    async fn attach(&mut self) -> Result<i32, String> {
+    /// `table` is one read since the daemon's mount appeared at the stage (or since
+    /// the mount at the mountpoint went). Returns the new mount's id.
+    async fn attach(&mut self, table: Arc<MountTable>) -> Result<i32, String> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
-        let before = self.fresh().await?;
-        if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
+        if table.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
-        self.trim_layers().await?;
+        let before = self.trim_layers(table).await?;
         if let Source::Fuse { .. } = self.volume.source {
             self.apply_options(&stage).await?;
         }
+        // Changes from here on wake this task: the bind's among them.
+        self.changes.mark_seen();
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
             Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
             Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
+        }
+        if let Some(id) = self.bound_id(&before).await {
+            return Ok(id);
         }
         let table = self.fresh().await?;
         self.mounted_id(&table).ok_or_else(|| {
@@ -849,6 +870,22 @@ impl Task {
                 table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
+    }
+
+    /// The id of the mount a bind just put on top at the mountpoint, as the shared
+    /// reader's next tables show it: the bind is a change at the mountpoint, which
+    /// wakes this task, and binds made together are confirmed by one read instead
+    /// of one each. None when no table shows it within the check timeout.
+    async fn bound_id(&mut self, before: &MountTable) -> Option<i32> {
+        let old: Vec<i32> = before.at(&self.mountpoint).map(|m| m.id).collect();
+        let until = Instant::now() + self.ctx.check_timeout;
+        loop {
+            let table = self.latest();
+            if let Some(id) = self.mounted_id(&table).filter(|id| !old.contains(id)) {
+                return Some(id);
+            }
+            tokio::time::timeout_at(until, self.changes.changed()).await.ok()?;
+        }
     }
 
     /// Gives the daemon's mount at the stage the flags of `options` (`ro`, `nosuid`,
