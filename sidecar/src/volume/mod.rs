@@ -43,6 +43,9 @@ use policy::{Progress, MAX_LAYERS, STABLE_AFTER};
 /// taken as held elsewhere, and how often it is looked at meanwhile.
 const CONNECTION_SETTLE: Duration = Duration::from_millis(300);
 const CONNECTION_RECHECK: Duration = Duration::from_millis(50);
+/// Daemons spawned at once (see `Task::spawn_daemon`): a few, to overlap the
+/// children's execs on every core without a thread per volume.
+const SPAWNS_AT_ONCE: usize = 4;
 /// How long a daemon whose mount is gone gets to exit on its own.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -517,10 +520,40 @@ impl Task {
                 return self.mount_block(&device, &fs_type, format, env, secrets).await.map(|()| Keeper::Kernel);
             }
         };
-        let daemon =
-            Daemon::spawn(&self.ctx.children, Launch { argv: &argv, env, secrets }).map_err(|e| e.to_string())?;
+        let daemon = self.spawn_daemon(argv.clone(), env.clone(), secrets.to_vec()).await?;
         info!(pid = daemon.pid(), program = %argv[0], "daemon started");
         Ok(Keeper::Daemon(Box::new(daemon)))
+    }
+
+    /// Spawns the daemon on a thread of the bounded-call pool, [`SPAWNS_AT_ONCE`]
+    /// volumes at a time. A spawn holds its thread until the child has exec'd (the
+    /// child runs on the parent's memory until then), about a millisecond: spawned
+    /// one after another on the runtime's one thread, a start of many volumes
+    /// waited for each exec in turn.
+    async fn spawn_daemon(
+        &self,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        secrets: Vec<String>,
+    ) -> Result<Daemon, String> {
+        static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
+        let _turn = SPAWNING.acquire().await.map_err(|e| e.to_string())?;
+        let (children, runtime, span) =
+            (self.ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
+        let spawned = bounded(self.ctx.mount_timeout, move || {
+            // The daemon's pipes register with the runtime, and its output is logged
+            // in the volume's span.
+            let (_runtime, _span) = (runtime.enter(), span.enter());
+            Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })
+        })
+        .await;
+        match spawned {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "starting the daemon did not return within {:?} (SIDEMOUNT_MOUNT_TIMEOUT)",
+                self.ctx.mount_timeout
+            )),
+        }
     }
 
     /// Runs a mount helper; a stop kills it (see `run_helper`), and once a stop is
