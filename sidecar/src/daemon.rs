@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -14,10 +14,12 @@ use tokio::process::{Child, Command};
 use tracing::Instrument;
 
 /// The pids of children spawned through [`Children::spawn`] and not yet reaped
-/// by tokio. Spawning and reaping orphans take the same lock, so an orphan scan
-/// never sees a fresh child before it is registered.
+/// by tokio. Spawns hold `spawning` shared, so several threads can spawn at once,
+/// and an orphan scan holds it exclusively: it never sees a fresh child before
+/// the child is registered.
 #[derive(Debug, Default)]
 pub struct Children {
+    spawning: RwLock<()>,
     known: Mutex<HashSet<i32>>,
 }
 
@@ -36,14 +38,14 @@ impl Children {
 
     /// Spawns `cmd` and registers its pid.
     pub fn spawn(&self, cmd: &mut Command, program: &str) -> Result<Child, SpawnError> {
-        let mut known = self.known.lock().expect("children lock");
+        let _spawning = self.spawning.read().expect("children lock");
         let child = cmd.spawn().map_err(|source| match source.raw_os_error() {
             // execve's "Argument list too long" is about the environment just as well.
             Some(libc::E2BIG) => SpawnError::TooBig { program: program.to_string() },
             _ => SpawnError::Spawn { program: program.to_string(), source },
         })?;
         if let Some(pid) = child.id() {
-            known.insert(pid as i32);
+            self.known.lock().expect("children lock").insert(pid as i32);
         }
         Ok(child)
     }
@@ -61,6 +63,7 @@ impl Children {
     /// Reaps exited children that were not spawned here: orphans reparented to
     /// this process. Returns their pids.
     pub fn reap_orphans(&self) -> Vec<i32> {
+        let _no_spawns = self.spawning.write().expect("children lock");
         let known = self.known.lock().expect("children lock");
         let mut reaped = Vec::new();
         for pid in own_children() {

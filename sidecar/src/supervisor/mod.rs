@@ -231,14 +231,32 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     result
 }
 
-/// Checks the volumes each `interval`, in its own task (see `volume::check_when_needed`).
+/// Checks the volumes each `interval`, in its own task (see `volume::check_when_needed`),
+/// on a kernel timer: one wakeup per check (see `sys::Ticker`).
 fn spawn_periodic_checks(registry: Arc<Registry>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.reset();
+        let mut kernel = sys::Ticker::every(interval)
+            .inspect_err(|err| warn!(%err, "no kernel timer: the periodic check runs on the runtime's"))
+            .ok();
+        // Made only without the kernel timer: a tokio timer, once set, wakes the
+        // runtime as it steps down its wheel.
+        let mut fallback: Option<tokio::time::Interval> = None;
         loop {
-            ticker.tick().await;
+            if let Some(timer) = &kernel {
+                if let Err(err) = timer.tick().await {
+                    warn!(%err, "the kernel timer failed: the periodic check runs on the runtime's");
+                    kernel = None;
+                }
+            }
+            if kernel.is_none() {
+                let ticker = fallback.get_or_insert_with(|| {
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker.reset();
+                    ticker
+                });
+                ticker.tick().await;
+            }
             registry.check_idle().await;
         }
     })

@@ -45,6 +45,9 @@ use policy::{Progress, MAX_LAYERS, STABLE_AFTER};
 /// taken as held elsewhere, and how often it is looked at meanwhile.
 const CONNECTION_SETTLE: Duration = Duration::from_millis(300);
 const CONNECTION_RECHECK: Duration = Duration::from_millis(50);
+/// Daemons spawned at once (see `Task::spawn_daemon`): a few, to overlap the
+/// children's execs on every core without a thread per volume.
+const SPAWNS_AT_ONCE: usize = 4;
 /// How long a daemon whose mount is gone gets to exit on its own.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -522,10 +525,40 @@ impl Task {
                 return self.mount_block(&device, &fs_type, format, env, secrets).await.map(|()| Keeper::Kernel);
             }
         };
-        let daemon =
-            Daemon::spawn(&self.ctx.children, Launch { argv: &argv, env, secrets }).map_err(|e| e.to_string())?;
+        let daemon = self.spawn_daemon(argv.clone(), env.clone(), secrets.to_vec()).await?;
         info!(pid = daemon.pid(), program = %argv[0], "daemon started");
         Ok(Keeper::Daemon(Box::new(daemon)))
+    }
+
+    /// Spawns the daemon on a thread of the bounded-call pool, [`SPAWNS_AT_ONCE`]
+    /// volumes at a time. A spawn holds its thread until the child has exec'd (the
+    /// child runs on the parent's memory until then), about a millisecond: spawned
+    /// one after another on the runtime's one thread, a start of many volumes
+    /// waited for each exec in turn.
+    async fn spawn_daemon(
+        &self,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        secrets: Vec<String>,
+    ) -> Result<Daemon, String> {
+        static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
+        let _turn = SPAWNING.acquire().await.map_err(|e| e.to_string())?;
+        let (children, runtime, span) =
+            (self.ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
+        let spawned = bounded(self.ctx.mount_timeout, move || {
+            // The daemon's pipes register with the runtime, and its output is logged
+            // in the volume's span.
+            let (_runtime, _span) = (runtime.enter(), span.enter());
+            Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })
+        })
+        .await;
+        match spawned {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "starting the daemon did not return within {:?} (SIDEMOUNT_MOUNT_TIMEOUT)",
+                self.ctx.mount_timeout
+            )),
+        }
     }
 
     /// Runs a mount helper; a stop kills it (see `run_helper`), and once a stop is
@@ -557,19 +590,28 @@ impl Task {
         loop {
             let seen = self.latest();
             let mounted = seen.volume_at(&watched, |m| self.matcher.matches(m)).is_some();
-            // The watch may still hold a table from before the stage was cleared:
-            // what it shows is confirmed with the kernel before it is acted on.
-            let fresh = if mounted { self.fresh().await.ok() } else { None };
-            if let Some(id) =
-                fresh.as_ref().and_then(|t| t.volume_at(&watched, |m| self.matcher.matches(m))).map(|m| m.id)
-            {
+            // A daemon's stage was seen empty in a table read after it was cleared
+            // (`release_stage`), and the reader publishes its reads in order: a later
+            // table with a mount there shows the new daemon's. A kernel mount's table
+            // may still be one from before the mountpoint was cleared: what it shows
+            // is confirmed with the kernel before it is acted on.
+            let confirmed = match (mounted, self.has_daemon()) {
+                (false, _) => None,
+                (true, true) => Some(seen),
+                (true, false) => self.fresh().await.ok(),
+            };
+            let found = confirmed.and_then(|table| {
+                let id = table.volume_at(&watched, |m| self.matcher.matches(m))?.id;
+                Some((id, table))
+            });
+            if let Some((id, table)) = found {
                 if !self.has_daemon() {
                     return Event::Mounted(id);
                 }
                 if let Some(deadlines) = self.stop.requested() {
                     return Event::Stop(deadlines);
                 }
-                return match self.attach().await {
+                return match self.attach(table).await {
                     Ok(id) => Event::Mounted(id),
                     Err(message) => Event::Unattached(message),
                 };
@@ -605,16 +647,20 @@ impl Task {
                     }
                     // The watch may deliver a table read before our own last bind: ask the
                     // kernel again before calling the mount gone.
-                    match self.fresh().await {
+                    let now = match self.fresh().await {
                         Ok(now) if self.mounted_id(&now) == Some(mount_id) => continue,
-                        _ => {}
-                    }
+                        Ok(now) => now,
+                        Err(message) => {
+                            warn!(%message, "cannot bind the mount again");
+                            return Event::Gone;
+                        }
+                    };
                     if !self.has_daemon() {
                         return Event::Gone;
                     }
                     // The daemon still serves its mount at the stage. Apps that captured
                     // the old bind keep it, alive; the rest see the new one.
-                    match self.attach().await {
+                    match self.attach(now).await {
                         Ok(id) => {
                             let reason = "the mount disappeared (unmounted by someone else)";
                             warn!(%reason, "bound again from the stage");
@@ -733,17 +779,19 @@ impl Task {
     /// taken away strands whoever captured it. The most recent layer was on top for
     /// the shortest time, while the bottom ones hold the apps started with the pod,
     /// which keep receiving every repair.
-    async fn trim_layers(&self) -> Result<(), String> {
+    ///
+    /// It starts from `table` (read since the daemon's mount appeared) and returns
+    /// the table it looked at last.
+    async fn trim_layers(&self, mut table: Arc<MountTable>) -> Result<Arc<MountTable>, String> {
         let mut progress = Progress::default();
         loop {
-            let table = self.fresh().await?;
             let stack = table.stack_at(&self.mountpoint);
-            let ours = stack.iter().filter(|m| self.matcher.matches(m)).count();
+            let (layers, ours) = (stack.len(), stack.iter().filter(|m| self.matcher.matches(m)).count());
             let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
-            if ours < MAX_LAYERS || stack.len() < 2 || !top_is_ours {
-                return Ok(());
+            if ours < MAX_LAYERS || layers < 2 || !top_is_ours {
+                return Ok(table);
             }
-            if progress.stalled(stack.len()) {
+            if progress.stalled(layers) {
                 return Err("the layers at the mountpoint would not go away".into());
             }
             self.unmount(Unmount::Detach)
@@ -755,28 +803,34 @@ impl Task {
                 max = MAX_LAYERS,
                 "too many layers at the mountpoint: detached the topmost instead of covering it; an app container that started while it was on top reads ENOTCONN until it restarts"
             );
+            table = self.fresh().await?;
         }
     }
 
     /// Binds the daemon's mount from the stage onto the mountpoint, on top of
     /// whatever is there: the pod volume's bind, or dead mounts of earlier daemons
     /// that apps may hold (their copies receive mounts made on top of them).
-    /// Returns the new mount's id.
-    async fn attach(&mut self) -> Result<i32, String> {
+    /// `table` is one read since the daemon's mount appeared at the stage (or since
+    /// the mount at the mountpoint went). Returns the new mount's id.
+    async fn attach(&mut self, table: Arc<MountTable>) -> Result<i32, String> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
-        let before = self.fresh().await?;
-        if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
+        if table.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
             return Err("the daemon's mount is no longer at the staging directory".into());
         }
-        self.trim_layers().await?;
+        let before = self.trim_layers(table).await?;
         if let Source::Fuse { .. } = self.volume.source {
             self.apply_options(&stage).await?;
         }
+        // Changes from here on wake this task: the bind's among them.
+        self.changes.mark_seen();
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
             Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
             Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
+        }
+        if let Some(id) = self.bound_id(&before).await {
+            return Ok(id);
         }
         let table = self.fresh().await?;
         self.mounted_id(&table).ok_or_else(|| {
@@ -784,6 +838,22 @@ impl Task {
                 table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
             format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
         })
+    }
+
+    /// The id of the mount a bind just put on top at the mountpoint, as the shared
+    /// reader's next tables show it: the bind is a change at the mountpoint, which
+    /// wakes this task, and binds made together are confirmed by one read instead
+    /// of one each. None when no table shows it within the check timeout.
+    async fn bound_id(&mut self, before: &MountTable) -> Option<i32> {
+        let old: Vec<i32> = before.at(&self.mountpoint).map(|m| m.id).collect();
+        let until = Instant::now() + self.ctx.check_timeout;
+        loop {
+            let table = self.latest();
+            if let Some(id) = self.mounted_id(&table).filter(|id| !old.contains(id)) {
+                return Some(id);
+            }
+            tokio::time::timeout_at(until, self.changes.changed()).await.ok()?;
+        }
     }
 
     /// Gives the daemon's mount at the stage the flags of `options` (`ro`, `nosuid`,
@@ -918,6 +988,13 @@ mod tests {
     use super::*;
     use crate::sys::fake::{Answer, Call, FakeSys, Method};
 
+    /// `Task::attach` as the task calls it: with a table read since the daemon's
+    /// mount appeared at the stage.
+    async fn attach(rig: &mut Rig) -> Result<i32, String> {
+        let table = rig.task.fresh().await.expect("the fake's table");
+        rig.task.attach(table).await
+    }
+
     /// The volume's mount on top at the mountpoint in the fake's table: its id and
     /// the device it is of.
     fn on_top(rig: &Rig) -> Option<(i32, (u32, u32))> {
@@ -929,7 +1006,7 @@ mod tests {
     async fn attach_binds_the_daemons_mount_and_confirms_it_from_the_table() {
         let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE]);
         let mut rig = rig(fuse_volume(), sys);
-        let id = rig.task.attach().await.expect("bound");
+        let id = attach(&mut rig).await.expect("bound");
 
         // The daemon's mount (its device) is on top at the mountpoint, and the id
         // given is the one the table shows there.
@@ -945,7 +1022,7 @@ mod tests {
             .mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE])
             .answer(Method::Bind, Answer::Err(Errno::EACCES));
         let mut rig = rig(fuse_volume(), sys);
-        let error = rig.task.attach().await.expect_err("the bind fails");
+        let error = attach(&mut rig).await.expect_err("the bind fails");
 
         assert_eq!(error, "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
         assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
@@ -958,7 +1035,7 @@ mod tests {
             .mounted(&[ROOT, POD_BIND, STAGE_TMPFS, DAEMON_AT_STAGE])
             .answer(Method::Bind, Answer::HangUntilReleased);
         let mut rig = rig(fuse_volume(), sys);
-        let error = rig.task.attach().await.expect_err("the bind hangs");
+        let error = attach(&mut rig).await.expect_err("the bind hangs");
 
         assert_eq!(error, "binding the daemon's mount onto the mountpoint did not return");
         assert_eq!(rig.elapsed(), CHECK_TIMEOUT);
@@ -969,7 +1046,7 @@ mod tests {
     async fn attach_never_binds_the_bare_staging_directory() {
         let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, STAGE_TMPFS]);
         let mut rig = rig(fuse_volume(), sys);
-        let error = rig.task.attach().await.expect_err("no daemon's mount");
+        let error = attach(&mut rig).await.expect_err("no daemon's mount");
 
         assert_eq!(error, "the daemon's mount is no longer at the staging directory");
         assert!(rig.binds().is_empty());
