@@ -628,6 +628,16 @@ impl Supervisor {
             owned.push(mounts);
         }
         let rebound = self.watch_for_rebinds(&owned);
+        // Rebinds the watch can miss (a bind and an unmount between two reads of the
+        // table): the teardowns unmounting more layers than were there.
+        let ours_at_start = match self.table.fresh().await {
+            Ok(table) => owned.iter().map(|o| table.at(&o.mountpoint).filter(|m| o.matcher.matches(m)).count()).sum(),
+            Err(_) => usize::MAX,
+        };
+        let unmounted = |statuses: &[SharedStatus]| -> u64 {
+            statuses.iter().map(|s| s.lock().expect("status lock").unmounted).sum()
+        };
+        let unmounted_before = unmounted(&statuses);
         let until = later(deadlines.last, Duration::from_millis(500));
         let (kernel, fuse): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_kernel_mount());
         let shared = Deadlines { shutdown: true, ..deadlines };
@@ -670,7 +680,8 @@ impl Supervisor {
             }
         };
         let mut mounted = read().await;
-        let churned = rebound.is_finished();
+        let unmounted_now = unmounted(&statuses) - unmounted_before;
+        let churned = rebound.is_finished() || unmounted_now > ours_at_start as u64;
         rebound.abort();
         if mounted.is_empty() && churned && tokio::time::timeout(QUIET, changes.changed()).await.is_ok() {
             mounted = read().await;

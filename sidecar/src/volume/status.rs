@@ -42,6 +42,9 @@ pub struct Status {
     pub generation: u64,
     /// The FUSE connection serving the mount (its device number, as fusectl names it).
     pub connection: Option<u64>,
+    /// Layers its teardowns unmounted at the mountpoint: more than were there when
+    /// a shutdown began means someone mounted there meanwhile.
+    pub unmounted: u64,
 }
 
 impl Status {
@@ -60,6 +63,7 @@ impl Status {
             last_error: None,
             generation: 0,
             connection: None,
+            unmounted: 0,
         }
     }
 

@@ -141,6 +141,7 @@ impl Task {
         }
         if layers > 0 {
             info!(layers, "unmounted");
+            self.set(|s| s.unmounted += layers);
         }
         let released =
             self.has_daemon() && deadlines.shutdown && self.ctx.stage_release.arrive(&self.ctx, deadlines.busy).await;
