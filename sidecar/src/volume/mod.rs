@@ -6,6 +6,7 @@
 
 pub mod block;
 mod check;
+mod error;
 pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
@@ -35,6 +36,7 @@ use crate::spec::{Source, Volume};
 use crate::sys::{bounded, Sys, Unmount};
 
 pub use check::{check, check_many, check_when_needed, fuse_connection};
+pub use error::{UnmountError, VolumeError};
 pub use policy::{backoff, leftovers, Deadlines, Matcher, Owned};
 pub use status::{Phase, SharedStatus, Status};
 pub use teardown::StageRelease;
@@ -119,7 +121,7 @@ enum Event {
     Gone,
     TimedOut,
     /// Mounted at the stage, but the bind onto the mountpoint failed.
-    Unattached(String),
+    Unattached(VolumeError),
 }
 
 struct Task {
@@ -293,8 +295,8 @@ impl Task {
     }
 
     /// The mount table as read after this call (see [`MountWatch::fresh`]).
-    async fn fresh(&self) -> Result<Arc<MountTable>, String> {
-        self.table.fresh().await
+    async fn fresh(&self) -> Result<Arc<MountTable>, VolumeError> {
+        self.table.fresh().await.map_err(VolumeError::MountTable)
     }
 
     fn mounted_id(&self, table: &MountTable) -> Option<i32> {
@@ -309,7 +311,7 @@ impl Task {
         let mut starts: u64 = 0;
         loop {
             match self.clear_mountpoint().await {
-                Err(message) => self.fail(message),
+                Err(err) => self.fail(err.to_string()),
                 Ok(()) => {
                     starts += 1;
                     match self.serve(starts).await {
@@ -339,14 +341,14 @@ impl Task {
     /// The daemon's or mount helpers' environment: the spec's `env`, the Secret's
     /// values and, for a daemon that queues writes, a remote control to ask it
     /// about them (see `flush`); and the values to keep out of the log.
-    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), VolumeError> {
         let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
             objectivefs::size_cache(&mut env, self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed));
         }
         let mut secrets = secrets.values();
-        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
+        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets)?;
         Ok((env, secrets))
     }
 
@@ -354,8 +356,8 @@ impl Task {
     async fn serve(&mut self, starts: u64) -> Served {
         let (env, secrets) = match self.environment().await {
             Ok(found) => found,
-            Err(message) => {
-                self.fail(message);
+            Err(err) => {
+                self.fail(err.to_string());
                 return Served::Failed { stable: false };
             }
         };
@@ -365,15 +367,15 @@ impl Task {
         });
         let mut keeper = match self.start(&env, &secrets).await {
             Ok(keeper) => keeper,
-            Err(message) => {
+            Err(err) => {
                 if let Some(deadlines) = self.stop.requested() {
                     // Its helpers are killed and gone; whatever one of them mounted
                     // before it died is taken down like any other mount.
-                    info!(%message, "stopped while mounting");
+                    info!(message = %err, "stopped while mounting");
                     self.teardown(Keeper::Kernel, deadlines).await;
                     return Served::Stopped;
                 }
-                self.fail(message);
+                self.fail(err.to_string());
                 return Served::Failed { stable: false };
             }
         };
@@ -411,8 +413,8 @@ impl Task {
                 }
                 return Served::Failed { stable: false };
             }
-            Event::Unattached(message) => {
-                self.fail(message);
+            Event::Unattached(err) => {
+                self.fail(err.to_string());
                 if let Keeper::Daemon(daemon) = keeper {
                     self.end_daemon(*daemon, Signal::SIGTERM).await;
                 }
@@ -501,7 +503,7 @@ impl Task {
     }
 
     /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
-    async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, String> {
+    async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, VolumeError> {
         let argv = match &self.volume.source {
             Source::Fuse { command } => {
                 fuse::argv(command, &self.prepare_stage().await?, self.volume.uid, self.volume.gid)
@@ -522,8 +524,7 @@ impl Task {
                 return self.mount_block(&device, &fs_type, format, env, secrets).await.map(|()| Keeper::Kernel);
             }
         };
-        let daemon =
-            Daemon::spawn(&self.ctx.children, Launch { argv: &argv, env, secrets }).map_err(|e| e.to_string())?;
+        let daemon = Daemon::spawn(&self.ctx.children, Launch { argv: &argv, env, secrets })?;
         info!(pid = daemon.pid(), program = %argv[0], "daemon started");
         Ok(Keeper::Daemon(Box::new(daemon)))
     }
@@ -571,7 +572,7 @@ impl Task {
                 }
                 return match self.attach().await {
                     Ok(id) => Event::Mounted(id),
-                    Err(message) => Event::Unattached(message),
+                    Err(err) => Event::Unattached(err),
                 };
             }
             // A kernel mount is done when its helper returns: the event is on its way.
@@ -624,8 +625,8 @@ impl Task {
                                 s.last_error = Some(reason.into());
                             });
                         }
-                        Err(message) => {
-                            warn!(%message, "cannot bind the mount again");
+                        Err(err) => {
+                            warn!(message = %err, "cannot bind the mount again");
                             return Event::Gone;
                         }
                     }
@@ -637,7 +638,7 @@ impl Task {
     /// Deals with what sits at the mountpoint before a start. A kernel mount left
     /// by an earlier instance is removed: aborted if dead or hung, only detached if
     /// live, so files open on it keep working. FUSE mounts are covered (see below).
-    async fn clear_mountpoint(&mut self) -> Result<(), String> {
+    async fn clear_mountpoint(&mut self) -> Result<(), VolumeError> {
         self.matcher = Matcher::for_volume(&self.volume.source);
         let fresh = self.fresh().await?;
         if self.has_daemon() {
@@ -657,9 +658,9 @@ impl Task {
         for mount in &stale {
             let live = self.statfs().await.is_ok();
             let how = if live { Unmount::Detach } else { Unmount::Abort };
-            self.unmount(how).await.map_err(|e| {
-                format!("cannot clear the {} mount at the mountpoint: {e}; unmount it by hand", mount.fs_type)
-            })?;
+            self.unmount(how)
+                .await
+                .map_err(|source| VolumeError::ClearMountpoint { fs_type: mount.fs_type.clone(), source })?;
             info!(fs_type = %mount.fs_type, source = %mount.source, live, "cleared a leftover mount at the mountpoint");
         }
         if !stale.is_empty() {
@@ -667,7 +668,7 @@ impl Task {
             let (mountpoint, matcher) = (self.mountpoint.clone(), self.matcher.clone());
             let gone = move |t: &MountTable| t.volume_at(&mountpoint, |m| matcher.matches(m)).is_none();
             if !self.wait_table(gone, Duration::from_secs(2)).await {
-                return Err("a mount at the mountpoint would not go away".into());
+                return Err(VolumeError::MountpointNotCleared);
             }
         }
         Ok(())
@@ -687,18 +688,17 @@ impl Task {
 
     /// Makes the stage directory ready for a new daemon: created, and with any
     /// mount of an earlier daemon there removed (dead: aborted).
-    async fn prepare_stage(&self) -> Result<PathBuf, String> {
+    async fn prepare_stage(&self) -> Result<PathBuf, VolumeError> {
         // First the dead mount of an earlier daemon: stat of it fails (ENOTCONN).
         self.release_stage(true).await?;
         let stage = self.stage_path();
-        std::fs::create_dir_all(&stage)
-            .map_err(|e| format!("cannot create the staging directory {}: {e}", stage.display()))?;
+        std::fs::create_dir_all(&stage).map_err(|source| VolumeError::CreateStage { stage: stage.clone(), source })?;
         Ok(stage)
     }
 
     /// Unmounts whatever is mounted at the stage: cleanly, or (`abort`, or busy)
     /// aborted and detached. The stage is private: nothing propagates from it.
-    async fn release_stage(&self, abort: bool) -> Result<(), String> {
+    async fn release_stage(&self, abort: bool) -> Result<(), VolumeError> {
         let stage = self.stage_path();
         let mut progress = Progress::default();
         loop {
@@ -708,7 +708,7 @@ impl Task {
                 return Ok(());
             }
             if progress.stalled(left) {
-                return Err(format!("the mounts at the staging directory {} would not go away", stage.display()));
+                return Err(VolumeError::StageNotCleared { stage });
             }
             let how = if abort { Unmount::Abort } else { Unmount::Clean };
             match self.unmount_at(&stage, how).await {
@@ -717,7 +717,7 @@ impl Task {
                 Err(_) => self
                     .unmount_at(&stage, Unmount::Abort)
                     .await
-                    .map_err(|e| format!("cannot unmount the staging directory {}: {e}", stage.display()))?,
+                    .map_err(|source| VolumeError::UnmountStage { stage: stage.clone(), source })?,
             }
             progress.unmounted();
         }
@@ -733,7 +733,7 @@ impl Task {
     /// taken away strands whoever captured it. The most recent layer was on top for
     /// the shortest time, while the bottom ones hold the apps started with the pod,
     /// which keep receiving every repair.
-    async fn trim_layers(&self) -> Result<(), String> {
+    async fn trim_layers(&self) -> Result<(), VolumeError> {
         let mut progress = Progress::default();
         loop {
             let table = self.fresh().await?;
@@ -744,11 +744,9 @@ impl Task {
                 return Ok(());
             }
             if progress.stalled(stack.len()) {
-                return Err("the layers at the mountpoint would not go away".into());
+                return Err(VolumeError::LayersNotCleared);
             }
-            self.unmount(Unmount::Detach)
-                .await
-                .map_err(|e| format!("cannot detach the topmost of {ours} layers at the mountpoint: {e}"))?;
+            self.unmount(Unmount::Detach).await.map_err(|source| VolumeError::DetachLayer { layers: ours, source })?;
             progress.unmounted();
             warn!(
                 layers = ours,
@@ -762,12 +760,12 @@ impl Task {
     /// whatever is there: the pod volume's bind, or dead mounts of earlier daemons
     /// that apps may hold (their copies receive mounts made on top of them).
     /// Returns the new mount's id.
-    async fn attach(&mut self) -> Result<i32, String> {
+    async fn attach(&mut self) -> Result<i32, VolumeError> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
         let before = self.fresh().await?;
         if before.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
-            return Err("the daemon's mount is no longer at the staging directory".into());
+            return Err(VolumeError::NotStaged);
         }
         self.trim_layers().await?;
         if let Source::Fuse { .. } = self.volume.source {
@@ -775,14 +773,12 @@ impl Task {
         }
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
-            Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
-            Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
+            Ok(Err(source)) => return Err(VolumeError::Bind { source }),
+            Err(_) => return Err(VolumeError::BindHung),
         }
         let table = self.fresh().await?;
-        self.mounted_id(&table).ok_or_else(|| {
-            let here: Vec<String> =
-                table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
-            format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
+        self.mounted_id(&table).ok_or_else(|| VolumeError::NotOnTop {
+            mounts: table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect(),
         })
     }
 
@@ -790,7 +786,7 @@ impl Task {
     /// `noatime` ...). Done there, before the bind: binds copy the flags of what they
     /// bind, and so do the copies propagated to the node and the apps, while a
     /// remount of the bind at the mountpoint would change the sidecar's view only.
-    async fn apply_options(&self, stage: &Path) -> Result<(), String> {
+    async fn apply_options(&self, stage: &Path) -> Result<(), VolumeError> {
         if self.volume.options.is_empty() {
             return Ok(());
         }
@@ -802,19 +798,17 @@ impl Task {
         .await;
         match applied {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(errno)) => {
-                Err(format!("cannot apply options {:?} to the daemon's mount: {errno}", self.volume.options))
-            }
-            Err(_) => Err("applying the options to the daemon's mount did not return".into()),
+            Ok(Err(source)) => Err(VolumeError::ApplyOptions { options: self.volume.options.clone(), source }),
+            Err(_) => Err(VolumeError::ApplyOptionsHung),
         }
     }
 
-    async fn statfs(&self) -> Result<(), String> {
+    async fn statfs(&self) -> Result<(), VolumeError> {
         let (sys, mp) = (self.ctx.sys.clone(), self.mountpoint.clone());
         match bounded(self.ctx.check_timeout, move || sys.statfs(&mp)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(t) => Err(t.to_string()),
+            Ok(Err(e)) => Err(VolumeError::Statfs(e)),
+            Err(t) => Err(VolumeError::StatfsHung(t)),
         }
     }
 
@@ -888,9 +882,9 @@ pub async fn secrets_of(
     volume: &Volume,
     timeout: Duration,
     in_flight: &Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Secrets, String> {
+) -> Result<Secrets, VolumeError> {
     let secrets = match &volume.secret_dir {
-        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await.map_err(|e| e.to_string())?,
+        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await?,
         None => Secrets::default(),
     };
     match volume.source {
@@ -902,14 +896,6 @@ pub async fn secrets_of(
 /// A dropped handle means the supervisor is gone: take the volume down quickly.
 fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
-}
-
-#[derive(Debug, thiserror::Error)]
-enum UnmountError {
-    #[error("{0}")]
-    Refused(Errno),
-    #[error("umount did not return; the kernel is waiting on the filesystem")]
-    Hung,
 }
 
 #[cfg(test)]
@@ -947,7 +933,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = rig.task.attach().await.expect_err("the bind fails");
 
-        assert_eq!(error, "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
+        assert_eq!(error.to_string(), "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
         assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
         assert_eq!(rig.elapsed(), Duration::ZERO);
     }
@@ -960,7 +946,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = rig.task.attach().await.expect_err("the bind hangs");
 
-        assert_eq!(error, "binding the daemon's mount onto the mountpoint did not return");
+        assert_eq!(error.to_string(), "binding the daemon's mount onto the mountpoint did not return");
         assert_eq!(rig.elapsed(), CHECK_TIMEOUT);
         rig.sys.release();
     }
@@ -971,7 +957,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = rig.task.attach().await.expect_err("no daemon's mount");
 
-        assert_eq!(error, "the daemon's mount is no longer at the staging directory");
+        assert_eq!(error.to_string(), "the daemon's mount is no longer at the staging directory");
         assert!(rig.binds().is_empty());
         assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
     }
