@@ -2,6 +2,7 @@
 //! the log and `/status` show, and names what to change where a user can.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use nix::errno::Errno;
 
@@ -36,6 +37,11 @@ pub enum VolumeError {
     Statfs(Errno),
     #[error(transparent)]
     StatfsHung(TimedOut),
+    /// The periodic check of a mounted volume.
+    #[error("statfs of the mountpoint failed: {source}")]
+    CheckFailed { source: Errno },
+    #[error("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung")]
+    CheckHung { timeout: Duration },
 
     #[error("cannot create the staging directory {}: {source}", .stage.display())]
     CreateStage { stage: PathBuf, source: std::io::Error },
