@@ -128,7 +128,7 @@ pub(super) async fn check_environment(
     let mut secrets = BTreeMap::new();
     for volume in volumes.iter().filter(|v| v.secret_dir.is_some() || matches!(v.source, Source::ObjectiveFs { .. })) {
         let read = volume::secrets_of(volume, check_timeout, &Default::default()).await;
-        secrets.insert(volume.name.clone(), read.map(|_| ()));
+        secrets.insert(volume.name.clone(), read.map(|_| ()).map_err(|e| e.to_string()));
     }
     let credentials = |volume: &Volume| secrets.get(&volume.name).cloned().unwrap_or(Ok(()));
     let env = Environment {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tracing::info;
 
-use super::{Matcher, Task};
+use super::{Matcher, Task, VolumeError};
 
 pub const PROBE: &str = "blkid";
 pub const MOUNT: &str = "mount";
@@ -50,22 +50,16 @@ pub fn parse_probe(output: &str) -> Probe {
 
 /// Decides, never guessing: the wanted filesystem is mounted; an empty device is
 /// formatted only with `format: true`; anything else is refused untouched.
-pub fn decide(device: &Path, probe: &Probe, fs_type: &str, format: bool) -> Result<Action, String> {
+pub fn decide(device: &Path, probe: &Probe, fs_type: &str, format: bool) -> Result<Action, VolumeError> {
+    let device = device.to_path_buf();
     match probe {
         Probe::Filesystem(found) if found == fs_type => Ok(Action::Mount),
-        Probe::Filesystem(found) => Err(format!(
-            "{} holds a {found} filesystem, not {fs_type}; sidemount never formats a device that holds data: set fsType: {found}, or wipe the device yourself",
-            device.display()
-        )),
-        Probe::Other(what) => Err(format!(
-            "{} holds {what}; sidemount never formats a device that holds data: name the partition or volume that holds the filesystem",
-            device.display()
-        )),
+        Probe::Filesystem(found) => {
+            Err(VolumeError::OtherFilesystem { device, found: found.clone(), wanted: fs_type.into() })
+        }
+        Probe::Other(what) => Err(VolumeError::NotAFilesystem { device, what: what.clone() }),
         Probe::Empty if format => Ok(Action::FormatThenMount),
-        Probe::Empty => Err(format!(
-            "{} holds no filesystem; set `format: true` to create a {fs_type} filesystem on it",
-            device.display()
-        )),
+        Probe::Empty => Err(VolumeError::NoFilesystem { device, fs_type: fs_type.into() }),
     }
 }
 
@@ -96,25 +90,28 @@ impl Task {
         format: bool,
         env: &BTreeMap<String, String>,
         secrets: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), VolumeError> {
         if std::fs::metadata(device).is_err() {
-            return Err(format!("device {} not found; attach it to the node, or fix `device`", device.display()));
+            return Err(VolumeError::NoDevice { device: device.into() });
         }
         self.matcher = Matcher::for_volume(&self.volume.source);
         let probe = match self.helper(probe_argv(device), env, secrets).await {
             Ok(output) => parse_probe(&output),
             // blkid -p exits 2 when it finds no signature at all.
             Err(err) if err.code() == Some(2) => Probe::Empty,
-            Err(err) => return Err(format!("cannot probe {}: {err}", device.display())),
+            Err(source) => return Err(VolumeError::Probe { device: device.into(), source }),
         };
         if decide(device, &probe, fs_type, format)? == Action::FormatThenMount {
             info!(device = %device.display(), fs_type, "no filesystem on the device: formatting it");
             self.helper(mkfs_argv(fs_type, device), env, secrets)
                 .await
-                .map_err(|e| format!("cannot format {}: {e}", device.display()))?;
+                .map_err(|source| VolumeError::Format { device: device.into(), source })?;
         }
         let argv = mount_argv(fs_type, &self.volume.options, device, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {}: {e}", device.display()))
+        self.helper(argv, env, secrets)
+            .await
+            .map(|_| ())
+            .map_err(|source| VolumeError::MountDevice { device: device.into(), source })
     }
 }
 
@@ -143,12 +140,12 @@ mod tests {
     #[test]
     fn never_formats_a_device_with_data() {
         let dev = Path::new("/dev/loop7");
-        assert_eq!(decide(dev, &Probe::Filesystem("xfs".into()), "xfs", true), Ok(Action::Mount));
-        assert_eq!(decide(dev, &Probe::Empty, "xfs", true), Ok(Action::FormatThenMount));
-        let err = decide(dev, &Probe::Filesystem("ext4".into()), "xfs", true).unwrap_err();
+        assert_eq!(decide(dev, &Probe::Filesystem("xfs".into()), "xfs", true).unwrap(), Action::Mount);
+        assert_eq!(decide(dev, &Probe::Empty, "xfs", true).unwrap(), Action::FormatThenMount);
+        let err = decide(dev, &Probe::Filesystem("ext4".into()), "xfs", true).unwrap_err().to_string();
         assert!(err.contains("holds a ext4 filesystem"), "{err}");
         assert!(decide(dev, &Probe::Other("a gpt partition table".into()), "ext4", true).is_err());
-        assert!(decide(dev, &Probe::Empty, "ext4", false).unwrap_err().contains("format: true"));
+        assert!(decide(dev, &Probe::Empty, "ext4", false).unwrap_err().to_string().contains("format: true"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Phase, SharedStatus, Status};
+use super::{Phase, SharedStatus, Status, VolumeError};
 use crate::sys::{bounded, Sys};
 
 /// Checks one ready volume with a bounded `statfs`.
@@ -34,15 +34,14 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
         let mut s = status.lock().expect("status lock");
         if s.generation == *generation {
             s.check_started = None;
-            record_check(&mut s, result.map_err(|e| format!("statfs of the mountpoint failed: {e}")));
+            record_check(&mut s, result.map_err(|source| VolumeError::CheckFailed { source }));
         }
     }
     fn not_answering((status, _, generation): &Item, timeout: Duration) {
         let mut s = status.lock().expect("status lock");
         // Still waiting on this check: it answered right at the deadline otherwise.
         if s.generation == *generation && s.check_started.is_some() {
-            let message = format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-            record_check(&mut s, Err(message));
+            record_check(&mut s, Err(VolumeError::CheckHung { timeout }));
         }
     }
 
@@ -55,9 +54,7 @@ pub async fn check_many(statuses: &[SharedStatus], sys: &Arc<dyn Sys>, timeout: 
         match s.check_started {
             Some(started) => {
                 if started.elapsed() >= timeout && s.responsive {
-                    let message =
-                        format!("the mountpoint did not answer statfs within {timeout:?}; the daemon may be hung");
-                    record_check(&mut s, Err(message));
+                    record_check(&mut s, Err(VolumeError::CheckHung { timeout }));
                 }
             }
             None => {
@@ -132,7 +129,7 @@ pub fn fuse_connection((major, minor): (u32, u32)) -> u64 {
     (u64::from(major) << 20) | u64::from(minor)
 }
 
-fn record_check(s: &mut Status, result: Result<(), String>) {
+fn record_check(s: &mut Status, result: Result<(), VolumeError>) {
     match result {
         Ok(()) => {
             if !s.responsive {
@@ -140,12 +137,12 @@ fn record_check(s: &mut Status, result: Result<(), String>) {
             }
             s.responsive = true;
         }
-        Err(message) => {
+        Err(err) => {
             if s.responsive {
-                warn!(volume = %s.name, %message, "mountpoint not answering");
+                warn!(volume = %s.name, message = %err, "mountpoint not answering");
             }
             s.responsive = false;
-            s.last_error = Some(message);
+            s.last_error = Some(err.to_string());
         }
     }
 }

@@ -82,10 +82,21 @@ pub enum AskError {
     Refused { port: u16, status: u16, body: String },
     #[error("vfs/stats at 127.0.0.1:{port} answered more than {MAX_BODY} bytes")]
     TooLarge { port: u16 },
-    #[error("vfs/stats at 127.0.0.1:{port} answered what is not its JSON: {reason}")]
-    Unreadable { port: u16, reason: String },
+    #[error("vfs/stats at 127.0.0.1:{port} answered what is not its JSON: {source}")]
+    Unreadable { port: u16, source: StatsError },
     #[error("cannot read rclone's cache metadata: {source}")]
     Cache { source: std::io::Error },
+}
+
+/// Why a `vfs/stats` answer could not be read (see `parse_stats`).
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("diskCache.{key} is not a count: {value}")]
+    NotACount { key: String, value: serde_json::Value },
 }
 
 /// The lines saying which volumes lost writes; the supervisor does not exit 0 when
@@ -329,15 +340,15 @@ fn confirm_empty(mut queue: Queue, dirty: std::io::Result<Vec<PathBuf>>) -> Resu
 }
 
 /// Reads rclone's `vfs/stats` answer. No `diskCache` means no cache: nothing queued.
-fn parse_stats(body: &[u8]) -> Result<Queue, String> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+fn parse_stats(body: &[u8]) -> Result<Queue, StatsError> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
     if !value.is_object() {
-        return Err("not a JSON object".into());
+        return Err(StatsError::NotAnObject);
     }
     let Some(cache) = value.get("diskCache") else { return Ok(Queue::default()) };
     let count = |key: &str| match cache.get(key) {
         None => Ok(0),
-        Some(n) => n.as_u64().ok_or_else(|| format!("diskCache.{key} is not a count: {n}")),
+        Some(n) => n.as_u64().ok_or_else(|| StatsError::NotACount { key: key.into(), value: n.clone() }),
     };
     let path = |key: &str| cache.get(key).and_then(|p| p.as_str()).filter(|p| !p.is_empty()).map(PathBuf::from);
     Ok(Queue {
@@ -419,7 +430,7 @@ async fn vfs_stats(port: u16, writeback: &Writeback, limit: Duration) -> Result<
             let body = String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(200).collect();
             return Err(AskError::Refused { port, status, body });
         }
-        parse_stats(&body).map_err(|reason| AskError::Unreadable { port, reason })
+        parse_stats(&body).map_err(|source| AskError::Unreadable { port, source })
     };
     tokio::time::timeout(limit, exchange).await.unwrap_or(Err(AskError::TimedOut { port, limit }))
 }
@@ -837,7 +848,7 @@ mod tests {
         for bad in [&b"not json"[..], b"[]", b"null", br#"{"diskCache": {"uploadsQueued": -1}}"#] {
             assert!(parse_stats(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let err = parse_stats(br#"{"diskCache": {"uploadsQueued": "3"}}"#).unwrap_err();
+        let err = parse_stats(br#"{"diskCache": {"uploadsQueued": "3"}}"#).unwrap_err().to_string();
         assert!(err.contains("uploadsQueued"), "{err}");
         let huge = format!(r#"{{"diskCache": {{"uploadsQueued": {}, "uploadsInProgress": 5}}}}"#, u64::MAX);
         assert_eq!(parse_stats(huge.as_bytes()).unwrap().pending(), u64::MAX);

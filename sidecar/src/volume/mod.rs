@@ -6,12 +6,14 @@
 
 pub mod block;
 mod check;
+mod error;
 pub mod flush;
 pub mod fuse;
 pub mod objectivefs;
 mod policy;
 #[cfg(test)]
 mod rig;
+mod stage;
 mod status;
 mod teardown;
 pub mod zfs;
@@ -21,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
@@ -35,11 +36,12 @@ use crate::spec::{Source, Volume};
 use crate::sys::{bounded, Sys, Unmount};
 
 pub use check::{check, check_many, check_when_needed, fuse_connection};
+pub use error::{UnmountError, VolumeError};
 pub use policy::{backoff, leftovers, Deadlines, Matcher, Owned};
 pub use status::{Phase, SharedStatus, Status};
 pub use teardown::StageRelease;
 
-use policy::{Progress, MAX_LAYERS, STABLE_AFTER};
+use policy::{Progress, STABLE_AFTER};
 
 /// How long a FUSE connection must outlive the sidecar's last mount of it to be
 /// taken as held elsewhere, and how often it is looked at meanwhile.
@@ -122,7 +124,7 @@ enum Event {
     Gone,
     TimedOut,
     /// Mounted at the stage, but the bind onto the mountpoint failed.
-    Unattached(String),
+    Unattached(VolumeError),
 }
 
 struct Task {
@@ -279,12 +281,6 @@ impl Task {
         });
     }
 
-    /// Where this volume's daemon mounts: a private directory, bound from there
-    /// onto the mountpoint.
-    fn stage_path(&self) -> PathBuf {
-        self.ctx.stage.join(&self.volume.name)
-    }
-
     fn has_daemon(&self) -> bool {
         !self.volume.source.is_kernel_mount()
     }
@@ -296,8 +292,8 @@ impl Task {
     }
 
     /// The mount table as read after this call (see [`MountWatch::fresh`]).
-    async fn fresh(&self) -> Result<Arc<MountTable>, String> {
-        self.table.fresh().await
+    async fn fresh(&self) -> Result<Arc<MountTable>, VolumeError> {
+        self.table.fresh().await.map_err(VolumeError::MountTable)
     }
 
     fn mounted_id(&self, table: &MountTable) -> Option<i32> {
@@ -312,7 +308,7 @@ impl Task {
         let mut starts: u64 = 0;
         loop {
             match self.clear_mountpoint().await {
-                Err(message) => self.fail(message),
+                Err(err) => self.fail(err.to_string()),
                 Ok(()) => {
                     starts += 1;
                     match self.serve(starts).await {
@@ -342,14 +338,14 @@ impl Task {
     /// The daemon's or mount helpers' environment: the spec's `env`, the Secret's
     /// values and, for a daemon that queues writes, a remote control to ask it
     /// about them (see `flush`); and the values to keep out of the log.
-    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    async fn environment(&mut self) -> Result<(BTreeMap<String, String>, Vec<String>), VolumeError> {
         let secrets = secrets_of(&self.volume, self.ctx.check_timeout, &self.secret_read).await?;
         let mut env = fuse::env(&self.volume.env, &secrets);
         if let Source::ObjectiveFs { .. } = self.volume.source {
             objectivefs::size_cache(&mut env, self.ctx.objectivefs_volumes.load(std::sync::atomic::Ordering::Relaxed));
         }
         let mut secrets = secrets.values();
-        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets).map_err(|e| e.to_string())?;
+        self.writeback = flush::prepare(&self.volume.source, &mut env, &mut secrets)?;
         Ok((env, secrets))
     }
 
@@ -357,8 +353,8 @@ impl Task {
     async fn serve(&mut self, starts: u64) -> Served {
         let (env, secrets) = match self.environment().await {
             Ok(found) => found,
-            Err(message) => {
-                self.fail(message);
+            Err(err) => {
+                self.fail(err.to_string());
                 return Served::Failed { stable: false };
             }
         };
@@ -368,15 +364,15 @@ impl Task {
         });
         let mut keeper = match self.start(&env, &secrets).await {
             Ok(keeper) => keeper,
-            Err(message) => {
+            Err(err) => {
                 if let Some(deadlines) = self.stop.requested() {
                     // Its helpers are killed and gone; whatever one of them mounted
                     // before it died is taken down like any other mount.
-                    info!(%message, "stopped while mounting");
+                    info!(message = %err, "stopped while mounting");
                     self.teardown(Keeper::Kernel, deadlines).await;
                     return Served::Stopped;
                 }
-                self.fail(message);
+                self.fail(err.to_string());
                 return Served::Failed { stable: false };
             }
         };
@@ -414,8 +410,8 @@ impl Task {
                 }
                 return Served::Failed { stable: false };
             }
-            Event::Unattached(message) => {
-                self.fail(message);
+            Event::Unattached(err) => {
+                self.fail(err.to_string());
                 if let Keeper::Daemon(daemon) = keeper {
                     self.end_daemon(*daemon, Signal::SIGTERM).await;
                 }
@@ -504,7 +500,7 @@ impl Task {
     }
 
     /// Starts the daemon, or runs the helpers that mount a kernel filesystem.
-    async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, String> {
+    async fn start(&mut self, env: &BTreeMap<String, String>, secrets: &[String]) -> Result<Keeper, VolumeError> {
         let argv = match &self.volume.source {
             Source::Fuse { command } => {
                 fuse::argv(command, &self.prepare_stage().await?, self.volume.uid, self.volume.gid)
@@ -540,9 +536,9 @@ impl Task {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
         secrets: Vec<String>,
-    ) -> Result<Daemon, String> {
+    ) -> Result<Daemon, VolumeError> {
         static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
-        let _turn = SPAWNING.acquire().await.map_err(|e| e.to_string())?;
+        let _turn = SPAWNING.acquire().await.expect("the spawn semaphore is never closed");
         let (children, runtime, span) =
             (self.ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
         let spawned = bounded(self.ctx.mount_timeout, move || {
@@ -553,11 +549,8 @@ impl Task {
         })
         .await;
         match spawned {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "starting the daemon did not return within {:?} (SIDEMOUNT_MOUNT_TIMEOUT)",
-                self.ctx.mount_timeout
-            )),
+            Ok(result) => Ok(result?),
+            Err(_) => Err(VolumeError::SpawnHung { timeout: self.ctx.mount_timeout }),
         }
     }
 
@@ -613,7 +606,7 @@ impl Task {
                 }
                 return match self.attach(table).await {
                     Ok(id) => Event::Mounted(id),
-                    Err(message) => Event::Unattached(message),
+                    Err(err) => Event::Unattached(err),
                 };
             }
             // A kernel mount is done when its helper returns: the event is on its way.
@@ -670,8 +663,8 @@ impl Task {
                                 s.last_error = Some(reason.into());
                             });
                         }
-                        Err(message) => {
-                            warn!(%message, "cannot bind the mount again");
+                        Err(err) => {
+                            warn!(message = %err, "cannot bind the mount again");
                             return Event::Gone;
                         }
                     }
@@ -683,7 +676,7 @@ impl Task {
     /// Deals with what sits at the mountpoint before a start. A kernel mount left
     /// by an earlier instance is removed: aborted if dead or hung, only detached if
     /// live, so files open on it keep working. FUSE mounts are covered (see below).
-    async fn clear_mountpoint(&mut self) -> Result<(), String> {
+    async fn clear_mountpoint(&mut self) -> Result<(), VolumeError> {
         self.matcher = Matcher::for_volume(&self.volume.source);
         let fresh = self.fresh().await?;
         if self.has_daemon() {
@@ -703,9 +696,9 @@ impl Task {
         for mount in &stale {
             let live = self.statfs().await.is_ok();
             let how = if live { Unmount::Detach } else { Unmount::Abort };
-            self.unmount(how).await.map_err(|e| {
-                format!("cannot clear the {} mount at the mountpoint: {e}; unmount it by hand", mount.fs_type)
-            })?;
+            self.unmount(how)
+                .await
+                .map_err(|source| VolumeError::ClearMountpoint { fs_type: mount.fs_type.clone(), source })?;
             info!(fs_type = %mount.fs_type, source = %mount.source, live, "cleared a leftover mount at the mountpoint");
         }
         if !stale.is_empty() {
@@ -713,7 +706,7 @@ impl Task {
             let (mountpoint, matcher) = (self.mountpoint.clone(), self.matcher.clone());
             let gone = move |t: &MountTable| t.volume_at(&mountpoint, |m| matcher.matches(m)).is_none();
             if !self.wait_table(gone, Duration::from_secs(2)).await {
-                return Err("a mount at the mountpoint would not go away".into());
+                return Err(VolumeError::MountpointNotCleared);
             }
         }
         Ok(())
@@ -731,92 +724,16 @@ impl Task {
         }
     }
 
-    /// Makes the stage directory ready for a new daemon: created, and with any
-    /// mount of an earlier daemon there removed (dead: aborted).
-    async fn prepare_stage(&self) -> Result<PathBuf, String> {
-        // First the dead mount of an earlier daemon: stat of it fails (ENOTCONN).
-        self.release_stage(true).await?;
-        let stage = self.stage_path();
-        std::fs::create_dir_all(&stage)
-            .map_err(|e| format!("cannot create the staging directory {}: {e}", stage.display()))?;
-        Ok(stage)
-    }
-
-    /// Unmounts whatever is mounted at the stage: cleanly, or (`abort`, or busy)
-    /// aborted and detached. The stage is private: nothing propagates from it.
-    async fn release_stage(&self, abort: bool) -> Result<(), String> {
-        let stage = self.stage_path();
-        let mut progress = Progress::default();
-        loop {
-            let table = self.fresh().await?;
-            let left = table.at(&stage).count();
-            if left == 0 {
-                return Ok(());
-            }
-            if progress.stalled(left) {
-                return Err(format!("the mounts at the staging directory {} would not go away", stage.display()));
-            }
-            let how = if abort { Unmount::Abort } else { Unmount::Clean };
-            match self.unmount_at(&stage, how).await {
-                Ok(()) => {}
-                Err(UnmountError::Refused(Errno::EINVAL | Errno::ENOENT)) => return Ok(()),
-                Err(_) => self
-                    .unmount_at(&stage, Unmount::Abort)
-                    .await
-                    .map_err(|e| format!("cannot unmount the staging directory {}: {e}", stage.display()))?,
-            }
-            progress.unmounted();
-        }
-    }
-
-    /// Keeps the layers at the mountpoint below MAX_LAYERS before a bind adds one:
-    /// the topmost layers of this volume are detached (lazily: files open on them
-    /// stay usable) until there is room. The pod volume's own bind, at the bottom,
-    /// is never touched.
-    ///
-    /// Why the topmost: no container can be shown not to have captured a layer (the
-    /// runtime binds whatever is on top when it starts one), and a layer that is
-    /// taken away strands whoever captured it. The most recent layer was on top for
-    /// the shortest time, while the bottom ones hold the apps started with the pod,
-    /// which keep receiving every repair.
-    ///
-    /// It starts from `table` (read since the daemon's mount appeared) and returns
-    /// the table it looked at last.
-    async fn trim_layers(&self, mut table: Arc<MountTable>) -> Result<Arc<MountTable>, String> {
-        let mut progress = Progress::default();
-        loop {
-            let stack = table.stack_at(&self.mountpoint);
-            let (layers, ours) = (stack.len(), stack.iter().filter(|m| self.matcher.matches(m)).count());
-            let top_is_ours = stack.last().is_some_and(|m| self.matcher.matches(m));
-            if ours < MAX_LAYERS || layers < 2 || !top_is_ours {
-                return Ok(table);
-            }
-            if progress.stalled(layers) {
-                return Err("the layers at the mountpoint would not go away".into());
-            }
-            self.unmount(Unmount::Detach)
-                .await
-                .map_err(|e| format!("cannot detach the topmost of {ours} layers at the mountpoint: {e}"))?;
-            progress.unmounted();
-            warn!(
-                layers = ours,
-                max = MAX_LAYERS,
-                "too many layers at the mountpoint: detached the topmost instead of covering it; an app container that started while it was on top reads ENOTCONN until it restarts"
-            );
-            table = self.fresh().await?;
-        }
-    }
-
     /// Binds the daemon's mount from the stage onto the mountpoint, on top of
     /// whatever is there: the pod volume's bind, or dead mounts of earlier daemons
     /// that apps may hold (their copies receive mounts made on top of them).
     /// `table` is one read since the daemon's mount appeared at the stage (or since
     /// the mount at the mountpoint went). Returns the new mount's id.
-    async fn attach(&mut self, table: Arc<MountTable>) -> Result<i32, String> {
+    async fn attach(&mut self, table: Arc<MountTable>) -> Result<i32, VolumeError> {
         let (sys, stage, mp) = (self.ctx.sys.clone(), self.stage_path(), self.mountpoint.clone());
         // Never bind the bare staging directory: only the daemon's mount there.
         if table.volume_at(&stage, |m| self.matcher.matches(m)).is_none() {
-            return Err("the daemon's mount is no longer at the staging directory".into());
+            return Err(VolumeError::NotStaged);
         }
         let before = self.trim_layers(table).await?;
         if let Source::Fuse { .. } = self.volume.source {
@@ -826,17 +743,15 @@ impl Task {
         self.changes.mark_seen();
         match bounded(self.ctx.check_timeout, move || sys.bind(&stage, &mp)).await {
             Ok(Ok(())) => {}
-            Ok(Err(errno)) => return Err(format!("cannot bind the daemon's mount onto the mountpoint: {errno}")),
-            Err(_) => return Err("binding the daemon's mount onto the mountpoint did not return".into()),
+            Ok(Err(source)) => return Err(VolumeError::Bind { source }),
+            Err(_) => return Err(VolumeError::BindHung),
         }
         if let Some(id) = self.bound_id(&before).await {
             return Ok(id);
         }
         let table = self.fresh().await?;
-        self.mounted_id(&table).ok_or_else(|| {
-            let here: Vec<String> =
-                table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect();
-            format!("the bound mount is not on top at the mountpoint (mounts there: {})", here.join(", "))
+        self.mounted_id(&table).ok_or_else(|| VolumeError::NotOnTop {
+            mounts: table.at(&self.mountpoint).map(|m| format!("{} on {} {}", m.id, m.parent_id, m.fs_type)).collect(),
         })
     }
 
@@ -856,35 +771,12 @@ impl Task {
         }
     }
 
-    /// Gives the daemon's mount at the stage the flags of `options` (`ro`, `nosuid`,
-    /// `noatime` ...). Done there, before the bind: binds copy the flags of what they
-    /// bind, and so do the copies propagated to the node and the apps, while a
-    /// remount of the bind at the mountpoint would change the sidecar's view only.
-    async fn apply_options(&self, stage: &Path) -> Result<(), String> {
-        if self.volume.options.is_empty() {
-            return Ok(());
-        }
-        let (sys, stage, options) = (self.ctx.sys.clone(), stage.to_path_buf(), self.volume.options.clone());
-        let applied = bounded(self.ctx.check_timeout, move || {
-            let current = sys.bind_flags(&stage)?;
-            sys.remount_bind(&stage, fuse::bind_flags(current, &options))
-        })
-        .await;
-        match applied {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(errno)) => {
-                Err(format!("cannot apply options {:?} to the daemon's mount: {errno}", self.volume.options))
-            }
-            Err(_) => Err("applying the options to the daemon's mount did not return".into()),
-        }
-    }
-
-    async fn statfs(&self) -> Result<(), String> {
+    async fn statfs(&self) -> Result<(), VolumeError> {
         let (sys, mp) = (self.ctx.sys.clone(), self.mountpoint.clone());
         match bounded(self.ctx.check_timeout, move || sys.statfs(&mp)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(t) => Err(t.to_string()),
+            Ok(Err(e)) => Err(VolumeError::Statfs(e)),
+            Err(t) => Err(VolumeError::StatfsHung(t)),
         }
     }
 
@@ -958,9 +850,9 @@ pub async fn secrets_of(
     volume: &Volume,
     timeout: Duration,
     in_flight: &Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Secrets, String> {
+) -> Result<Secrets, VolumeError> {
     let secrets = match &volume.secret_dir {
-        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await.map_err(|e| e.to_string())?,
+        Some(dir) => Secrets::read_dir_bounded(dir, timeout, in_flight).await?,
         None => Secrets::default(),
     };
     match volume.source {
@@ -974,23 +866,17 @@ fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
 }
 
-#[derive(Debug, thiserror::Error)]
-enum UnmountError {
-    #[error("{0}")]
-    Refused(Errno),
-    #[error("umount did not return; the kernel is waiting on the filesystem")]
-    Hung,
-}
-
 #[cfg(test)]
 mod tests {
+    use nix::errno::Errno;
+
     use super::rig::*;
     use super::*;
     use crate::sys::fake::{Answer, Call, FakeSys, Method};
 
     /// `Task::attach` as the task calls it: with a table read since the daemon's
     /// mount appeared at the stage.
-    async fn attach(rig: &mut Rig) -> Result<i32, String> {
+    async fn attach(rig: &mut Rig) -> Result<i32, VolumeError> {
         let table = rig.task.fresh().await.expect("the fake's table");
         rig.task.attach(table).await
     }
@@ -1024,7 +910,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = attach(&mut rig).await.expect_err("the bind fails");
 
-        assert_eq!(error, "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
+        assert_eq!(error.to_string(), "cannot bind the daemon's mount onto the mountpoint: EACCES: Permission denied");
         assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
         assert_eq!(rig.elapsed(), Duration::ZERO);
     }
@@ -1037,7 +923,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = attach(&mut rig).await.expect_err("the bind hangs");
 
-        assert_eq!(error, "binding the daemon's mount onto the mountpoint did not return");
+        assert_eq!(error.to_string(), "binding the daemon's mount onto the mountpoint did not return");
         assert_eq!(rig.elapsed(), CHECK_TIMEOUT);
         rig.sys.release();
     }
@@ -1048,7 +934,7 @@ mod tests {
         let mut rig = rig(fuse_volume(), sys);
         let error = attach(&mut rig).await.expect_err("no daemon's mount");
 
-        assert_eq!(error, "the daemon's mount is no longer at the staging directory");
+        assert_eq!(error.to_string(), "the daemon's mount is no longer at the staging directory");
         assert!(rig.binds().is_empty());
         assert_eq!(rig.mounted_at(MOUNTPOINT), ["tmpfs"]);
     }

@@ -10,6 +10,8 @@ use tracing::{info, warn};
 use crate::secrets::Secrets;
 use crate::spec::Volume;
 
+use super::VolumeError;
+
 pub const PROGRAM: &str = "mount.objectivefs";
 
 /// The FlexVolume driver's Secret keys and the variables ObjectiveFS reads.
@@ -83,14 +85,11 @@ pub fn map_flexvolume_keys(secrets: &mut Secrets) {
 /// Maps the FlexVolume keys of an objectivefs volume's Secret (as read from its
 /// secretDir) and checks that the license and passphrase are there (in the
 /// Secret, the spec's `env` or the supervisor's own environment).
-pub fn credentials(volume: &Volume, mut secrets: Secrets) -> Result<Secrets, String> {
+pub fn credentials(volume: &Volume, mut secrets: Secrets) -> Result<Secrets, VolumeError> {
     map_flexvolume_keys(&mut secrets);
     let missing = missing(&secrets, &volume.env, |k| std::env::var_os(k).is_some());
     if !missing.is_empty() {
-        return Err(format!(
-            "{} missing: put it in the Secret mounted at secretDir (FlexVolume keys `license` and `passphrase` work too)",
-            missing.join(" and ")
-        ));
+        return Err(VolumeError::CredentialsMissing { missing });
     }
     Ok(secrets)
 }

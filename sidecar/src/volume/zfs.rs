@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tracing::{debug, info, warn};
 
-use super::Task;
+use super::{Task, VolumeError};
 
 pub const PROGRAM: &str = "zfs";
 pub const MOUNT_HELPER: &str = "mount.zfs";
@@ -82,12 +82,10 @@ impl Task {
         create: Option<&BTreeMap<String, String>>,
         env: &BTreeMap<String, String>,
         secrets: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), VolumeError> {
         if self.helper(list_argv(dataset), env, secrets).await.is_err() {
             let Some(properties) = create else {
-                return Err(format!(
-                    "dataset {dataset} does not exist; create it on the node's pool, or add `create:` to the spec"
-                ));
+                return Err(VolumeError::NoDataset { dataset: dataset.into() });
             };
             match self.helper(create_argv(dataset, properties), env, secrets).await {
                 Ok(_) => info!(dataset, "created the dataset"),
@@ -95,15 +93,18 @@ impl Task {
                 Err(err) if self.helper(list_argv(dataset), env, secrets).await.is_ok() => {
                     info!(dataset, %err, "the dataset appeared meanwhile; using it as it is");
                 }
-                Err(err) => return Err(format!("cannot create dataset {dataset}: {err}")),
+                Err(source) => return Err(VolumeError::CreateDataset { dataset: dataset.into(), source }),
             }
         }
         let zfs_mountpoint = self
             .helper(mountpoint_argv(dataset), env, secrets)
             .await
-            .map_err(|e| format!("cannot read the mountpoint property of {dataset}: {e}"))?;
+            .map_err(|source| VolumeError::DatasetMountpoint { dataset: dataset.into(), source })?;
         let argv = mount_argv(dataset, &zfs_mountpoint, &self.volume.options, &self.mountpoint);
-        self.helper(argv, env, secrets).await.map(|_| ()).map_err(|e| format!("cannot mount {dataset}: {e}"))
+        self.helper(argv, env, secrets)
+            .await
+            .map(|_| ())
+            .map_err(|source| VolumeError::MountDataset { dataset: dataset.into(), source })
     }
 
     /// Warns when the image's zfs tools and the node's module differ.
