@@ -784,23 +784,8 @@ mod tests {
     /// this one.
     #[test]
     fn reaps_orphans_without_stealing_our_children() {
-        const IN_CHILD: &str = "SUBREAPER_TEST_CHILD";
-        if std::env::var_os(IN_CHILD).is_some() {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            return runtime.block_on(reaps_orphans_as_subreaper());
-        }
-        let name = concat!(module_path!(), "::reaps_orphans_without_stealing_our_children");
-        let name = name.split_once("::").map_or(name, |(_crate, path)| path);
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(IN_CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stdout}{stderr}");
-        // A filter that matched nothing would pass too: the child ran exactly this test.
-        assert!(stdout.contains("1 passed"), "{stdout}{stderr}");
+        let test = concat!(module_path!(), "::reaps_orphans_without_stealing_our_children");
+        crate::alone::in_own_process(test, reaps_orphans_as_subreaper);
     }
 
     async fn reaps_orphans_as_subreaper() {

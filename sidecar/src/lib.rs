@@ -5,6 +5,8 @@
 // clippy.toml names the calls.
 #![deny(unsafe_code)]
 
+#[cfg(test)]
+mod alone;
 pub mod daemon;
 pub mod endpoints;
 pub mod exit;

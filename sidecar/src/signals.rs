@@ -255,23 +255,8 @@ mod tests {
     /// process, so that this one's handlers and signals touch no other test.
     #[test]
     fn signals_drive_the_sequence() {
-        const IN_CHILD: &str = "SIGNALS_TEST_CHILD";
-        if std::env::var_os(IN_CHILD).is_some() {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            return runtime.block_on(signals_drive_the_sequence_in_child());
-        }
-        let name = concat!(module_path!(), "::signals_drive_the_sequence");
-        let name = name.split_once("::").map_or(name, |(_crate, path)| path);
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(IN_CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stdout}{stderr}");
-        // A filter that matched nothing would pass too: the child ran exactly this test.
-        assert!(stdout.contains("1 passed"), "{stdout}{stderr}");
+        let test = concat!(module_path!(), "::signals_drive_the_sequence");
+        crate::alone::in_own_process(test, signals_drive_the_sequence_in_child);
     }
 
     async fn signals_drive_the_sequence_in_child() {
