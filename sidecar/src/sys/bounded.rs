@@ -1,0 +1,151 @@
+//! Calls that can block forever on a hung FUSE daemon, run on a small pool of
+//! reused threads and given up at a deadline.
+
+use std::time::Duration;
+
+#[cfg(test)]
+use super::fake;
+
+/// A call that did not finish in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no answer within {0:?}")]
+pub struct TimedOut(pub Duration);
+
+/// Runs `call` on a thread of the bounded-call pool and waits for it at most
+/// `deadline`. A thread stuck in the kernel is left behind and stays out of the
+/// pool; it finishes when the kernel returns.
+pub async fn bounded<T, F>(deadline: Duration, call: F) -> Result<T, TimedOut>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: pool::Job = Box::new(move || drop(tx.send(call())));
+    // In paused-time tests the clock waits for the answer (see `fake::clock`).
+    #[cfg(test)]
+    let job: pool::Job = {
+        let hold = fake::clock::hold();
+        Box::new(move || fake::clock::keep_while(hold, job))
+    };
+    if pool::run(job).is_err() {
+        return Err(TimedOut(Duration::ZERO));
+    }
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(TimedOut(deadline)),
+    }
+}
+
+/// The threads of bounded calls. A thread that finished a call waits for the
+/// next one instead of exiting, so a burst of calls (a start or a shutdown of
+/// many volumes) reuses a few threads instead of creating one per call. At
+/// most [`pool::MAX_IDLE`] wait, blocked on a channel with no timeout: an idle
+/// supervisor's waiting threads are woken by nothing, and a thread beyond them
+/// exits as soon as its call is done, during the burst rather than later.
+mod pool {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::Mutex;
+
+    pub type Job = Box<dyn FnOnce() + Send>;
+
+    /// Idle threads kept at most; one more exits when done.
+    pub const MAX_IDLE: usize = 4;
+
+    /// The idle threads: where to hand each a call.
+    static IDLE: Mutex<Vec<Sender<Job>>> = Mutex::new(Vec::new());
+
+    /// Runs `job` on an idle thread, or on a new one.
+    pub fn run(job: Job) -> std::io::Result<()> {
+        let worker = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // A thread in the list waits on its channel until a call comes: the send
+        // fails only if it died (a call that panicked), and the call runs anew.
+        let job = match worker {
+            Some(worker) => match worker.send(job) {
+                Ok(()) => return Ok(()),
+                Err(returned) => returned.0,
+            },
+            None => job,
+        };
+        std::thread::Builder::new().name("sidemount-fscall".into()).stack_size(64 * 1024).spawn(move || serve(job))?;
+        Ok(())
+    }
+
+    fn serve(mut job: Job) {
+        loop {
+            job();
+            let (tx, rx) = channel();
+            {
+                let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() >= MAX_IDLE {
+                    return;
+                }
+                idle.push(tx);
+            }
+            job = match rx.recv() {
+                Ok(next) => next,
+                Err(_) => return,
+            };
+        }
+    }
+
+    #[cfg(test)]
+    pub fn idle() -> usize {
+        IDLE.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sys::Sys;
+
+    /// The threads of the bounded-call pool (named `sidemount-fscall`, which the
+    /// kernel cuts to 15 bytes).
+    fn thread_count() -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+        let names = tasks.flatten().filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok());
+        names.filter(|name| name.starts_with("sidemount-fscal")).count()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_one_after_another_reuse_a_thread_and_a_stuck_one_holds_nobody() {
+        let before = thread_count();
+        for i in 0..50 {
+            assert_eq!(bounded(Duration::from_secs(5), move || i * 2).await, Ok(i * 2));
+        }
+        // One thread served them all (other tests may run beside this one).
+        assert!(thread_count() <= before + 4, "{} threads after 50 calls, {before} before", thread_count());
+        // A thread that is done waits for the next call (a test beside this one
+        // may be using it meanwhile).
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while pool::idle() == 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(pool::idle() >= 1);
+        // A call that does not return in time gives up; the next one is served.
+        let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
+        assert_eq!(stuck, Err(TimedOut(Duration::from_millis(50))));
+        assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_paused_time_a_bounded_call_to_the_fake_waits_for_its_answer_or_its_deadline() {
+        use fake::{Answer, FakeSys, Method};
+        let sys =
+            Arc::new(FakeSys::new().answer_when(Method::Statfs, |p| p.ends_with("hung"), Answer::HangUntilReleased));
+        let start = tokio::time::Instant::now();
+        for _ in 0..20 {
+            let called = sys.clone();
+            assert_eq!(bounded(Duration::from_secs(5), move || called.statfs(Path::new("/m/a"))).await, Ok(Ok(())));
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let called = sys.clone();
+        let hung = bounded(Duration::from_secs(5), move || called.statfs(Path::new("/m/hung"))).await;
+        assert_eq!(hung, Err(TimedOut(Duration::from_secs(5))));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        sys.release();
+    }
+}
