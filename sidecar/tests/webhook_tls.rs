@@ -337,7 +337,7 @@ fn slow_review() -> Bytes {
     let mut review: serde_json::Value = serde_json::from_slice(&fixture("plain-pod")).unwrap();
     let object = &mut review["request"]["object"];
     let env: Vec<serde_json::Value> =
-        (0..40_000).map(|i| serde_json::json!({ "name": format!("V{i}"), "value": "x".repeat(40) })).collect();
+        (0..100_000).map(|i| serde_json::json!({ "name": format!("V{i}"), "value": "x".repeat(40) })).collect();
     object["spec"]["containers"][0]["env"] = serde_json::Value::Array(env);
     let depth = sidemount::spec::MAX_SPEC_DEPTH - 2;
     let mut annotation = format!("volumes: {}", "[".repeat(depth));
