@@ -279,16 +279,37 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, limits: Limit
     }
 }
 
-/// `sidemount probe`: asks the local supervisor and says yes or no.
+/// The most of an answer the probe reads: `/readyz` says a line per volume.
+const PROBE_ANSWER_LIMIT: usize = 1 << 20;
+
+/// `sidemount probe`: asks the local supervisor and says yes or no, within
+/// `timeout` in all, whatever answers at `addr` (endless, or a byte at a time).
 pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + timeout;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("supervisor not reachable at {addr}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| format!("request failed: {e}"))?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("no whole answer from {addr} within {timeout:?}"));
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if response.len() + n > PROBE_ANSWER_LIMIT => {
+                return Err(format!("the answer from {addr} is over {PROBE_ANSWER_LIMIT} bytes: not the supervisor's"))
+            }
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("no answer from {addr}: {e}")),
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let ok = head.lines().next().is_some_and(|line| line.split_whitespace().nth(1) == Some("200"));
     if ok {
@@ -318,6 +339,51 @@ mod tests {
         status.repairs = 3;
         registry.set_volumes(vec![Arc::new(std::sync::Mutex::new(status))]);
         registry
+    }
+
+    /// A server at the probe's address that reads the request, answers with
+    /// `answer` and closes.
+    fn answering(answer: impl FnOnce(&mut std::net::TcpStream) + Send + 'static) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                // The request first: a socket closed with it unread is reset.
+                let mut request = [0u8; 1024];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                answer(&mut stream);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn the_probe_reads_a_bounded_answer_within_its_timeout() {
+        use std::io::Write;
+        let ok = answering(|s| drop(s.write_all(b"HTTP/1.1 200 OK\r\n\r\nok\n")));
+        assert_eq!(probe(ok, "/healthz", Duration::from_secs(2)).as_deref(), Ok("ok\n"));
+        let unready = answering(|s| drop(s.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\ndata: unready\n")));
+        assert_eq!(probe(unready, "/readyz", Duration::from_secs(2)), Err("data: unready".to_string()));
+        // Endless: refused once past the limit, not read into memory.
+        let endless = answering(|s| {
+            let chunk = vec![b'x'; 64 * 1024];
+            while s.write_all(&chunk).is_ok() {}
+        });
+        let err = probe(endless, "/healthz", Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("over 1048576 bytes"), "{err}");
+        // A byte at a time, each before the read timeout: the whole probe still ends at its timeout.
+        let trickle = answering(|s| {
+            for _ in 0..100 {
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = probe(trickle, "/healthz", Duration::from_millis(500)).unwrap_err();
+        assert!(err.contains("within 500ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 
     #[tokio::test(flavor = "current_thread")]
