@@ -544,12 +544,14 @@ impl Task {
         let spawned = bounded(self.ctx.mount_timeout, move || {
             // The daemon's pipes register with the runtime, and its output is logged
             // in the volume's span.
-            let (_runtime, _span) = (runtime.enter(), span.enter());
-            Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })
+            let entered = (runtime.enter(), span.enter());
+            let daemon = Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })?;
+            drop(entered);
+            Ok::<_, crate::daemon::SpawnError>(Unclaimed { daemon: Some(daemon), children, runtime, span })
         })
         .await;
         match spawned {
-            Ok(result) => Ok(result?),
+            Ok(result) => Ok(result?.claim()),
             Err(_) => Err(VolumeError::SpawnHung { timeout: self.ctx.mount_timeout }),
         }
     }
@@ -866,6 +868,39 @@ fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
 }
 
+/// A daemon spawned on the bounded-call pool, until its volume task takes it. A
+/// spawn given up at its deadline may still finish (the exec it waited for
+/// returns at last): nobody would supervise that daemon, or take down what it
+/// mounts, so it is killed and reaped as soon as it is dropped unclaimed.
+struct Unclaimed {
+    daemon: Option<Daemon>,
+    children: Arc<Children>,
+    runtime: tokio::runtime::Handle,
+    span: tracing::Span,
+}
+
+impl Unclaimed {
+    fn claim(mut self) -> Daemon {
+        self.daemon.take().expect("claimed once")
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else { return };
+        let _span = self.span.enter();
+        warn!(pid = daemon.pid(), "daemon started after its start was given up: killed");
+        daemon.signal(Signal::SIGKILL);
+        let children = self.children.clone();
+        self.runtime.spawn(
+            async move {
+                let _ = daemon.wait(&children).await;
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use nix::errno::Errno;
@@ -952,6 +987,38 @@ mod tests {
         while !exited() {
             assert!(std::time::Instant::now() < until, "daemon {pid} did not exit");
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The state letter of `pid` in `/proc/PID/stat`, or None once it is reaped.
+    fn state_of(pid: i32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    // Real time: the spawn runs on a thread of the pool, held back by the test,
+    // which holds the spawn lock across the wait on purpose.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_daemon_spawned_after_its_spawn_was_given_up_is_killed_and_reaped() {
+        let mut rig = rig(fuse_volume(), FakeSys::new().mounted(&[ROOT, POD_BIND]));
+        rig.task.ctx.mount_timeout = Duration::from_millis(200);
+        let children = rig.task.ctx.children.clone();
+        let held = children.hold_spawns();
+        let argv = vec!["sleep".to_string(), "3600".to_string()];
+        let error = rig.task.spawn_daemon(argv, BTreeMap::new(), vec![]).await.expect_err("the spawn is held");
+        assert!(matches!(error, VolumeError::SpawnHung { .. }), "{error}");
+        // The exec returns at last: the daemon nobody waits for must not run on.
+        drop(held);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = children.pids();
+            if pids.is_empty() {
+                break;
+            }
+            let running: Vec<_> = pids.iter().filter(|&&pid| state_of(pid).is_some_and(|s| s != 'Z')).collect();
+            assert!(std::time::Instant::now() < until, "left running and registered: {running:?} of {pids:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
