@@ -82,6 +82,13 @@ impl Children {
         self.known.lock().expect("children lock").len()
     }
 
+    /// Holds every spawn back until the guard is dropped, as a spawn whose exec
+    /// hangs in the kernel would be.
+    #[cfg(test)]
+    pub fn hold_spawns(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.spawning.write().expect("children lock")
+    }
+
     /// The children not reaped yet.
     #[cfg(test)]
     pub fn pids(&self) -> Vec<i32> {

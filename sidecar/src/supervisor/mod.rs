@@ -711,6 +711,11 @@ fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::t
     // A spec renamed away is missing for a moment; a spec directory may go whole.
     let watch = DirWatch::new(file_watch::Events { renamed_away: true, directory_gone: true, metadata: false })?;
     watch.add(&dir)?;
+    // A directory deleted takes its watch with it: its parent's tells when it is
+    // made again, and the new one is watched after each change (see below).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = watch.add(parent);
+    }
     Ok(tokio::spawn(async move {
         loop {
             match watch.changed().await {
@@ -723,6 +728,8 @@ fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::t
             }
             // Writers touch a file several times: settle, drain, then reload once.
             watch.settle().await;
+            // The directory made again is another one, with no watch yet.
+            let _ = watch.add(&dir);
             if tx.send(()).await.is_err() {
                 return;
             }
@@ -742,6 +749,34 @@ fn watched_dir(config: &Path, is_dir: bool) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the watch sends a change within a few seconds.
+    async fn next(rx: &mut mpsc::Receiver<()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_spec_directory_deleted_and_made_again_later_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = dir.path().join("specs");
+        std::fs::create_dir(&specs).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let watching = watch_config(&specs, tx).unwrap();
+
+        std::fs::remove_dir(&specs).unwrap();
+        assert!(next(&mut rx).await, "the directory's removal is a change");
+        // Made again after the reload that found it missing.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while rx.try_recv().is_ok() {}
+        std::fs::create_dir(&specs).unwrap();
+        std::fs::write(specs.join("volumes.yaml"), "volumes: []\n").unwrap();
+        assert!(next(&mut rx).await, "a spec written in the new directory is a change");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while rx.try_recv().is_ok() {}
+        std::fs::write(specs.join("volumes.yaml"), "volumes: []\n").unwrap();
+        assert!(next(&mut rx).await, "and so is the next one");
+        watching.abort();
+    }
 
     #[test]
     fn the_spec_watch_watches_the_directory_that_holds_the_spec() {

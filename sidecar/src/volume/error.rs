@@ -30,6 +30,8 @@ pub enum VolumeError {
     Spawn(#[from] SpawnError),
     #[error("starting the daemon did not return within {timeout:?} (SIDEMOUNT_MOUNT_TIMEOUT)")]
     SpawnHung { timeout: Duration },
+    #[error("stopped while starting the daemon")]
+    SpawnStopped,
 
     #[error("cannot clear the {fs_type} mount at the mountpoint: {source}; unmount it by hand")]
     ClearMountpoint { fs_type: String, source: UnmountError },

@@ -521,7 +521,15 @@ impl Task {
                 return self.mount_block(&device, &fs_type, format, env, secrets).await.map(|()| Keeper::Kernel);
             }
         };
-        let daemon = self.spawn_daemon(argv.clone(), env.clone(), secrets.to_vec()).await?;
+        // A stop does not wait for a spawn that hangs, or for its turn: a daemon
+        // spawned after all is killed (see `Unclaimed`).
+        let spawn = Task::spawn_daemon(&self.ctx, argv.clone(), env.clone(), secrets.to_vec());
+        let stop = &mut self.stop;
+        let daemon = tokio::select! {
+            biased;
+            _ = stop.recv() => return Err(VolumeError::SpawnStopped),
+            spawned = spawn => spawned?,
+        };
         info!(pid = daemon.pid(), program = %argv[0], "daemon started");
         Ok(Keeper::Daemon(Box::new(daemon)))
     }
@@ -532,7 +540,7 @@ impl Task {
     /// one after another on the runtime's one thread, a start of many volumes
     /// waited for each exec in turn.
     async fn spawn_daemon(
-        &self,
+        ctx: &Context,
         argv: Vec<String>,
         env: BTreeMap<String, String>,
         secrets: Vec<String>,
@@ -540,17 +548,19 @@ impl Task {
         static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
         let _turn = SPAWNING.acquire().await.expect("the spawn semaphore is never closed");
         let (children, runtime, span) =
-            (self.ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
-        let spawned = bounded(self.ctx.mount_timeout, move || {
+            (ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
+        let spawned = bounded(ctx.mount_timeout, move || {
             // The daemon's pipes register with the runtime, and its output is logged
             // in the volume's span.
-            let (_runtime, _span) = (runtime.enter(), span.enter());
-            Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })
+            let entered = (runtime.enter(), span.enter());
+            let daemon = Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })?;
+            drop(entered);
+            Ok::<_, crate::daemon::SpawnError>(Unclaimed { daemon: Some(daemon), children, runtime, span })
         })
         .await;
         match spawned {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(VolumeError::SpawnHung { timeout: self.ctx.mount_timeout }),
+            Ok(result) => Ok(result?.claim()),
+            Err(_) => Err(VolumeError::SpawnHung { timeout: ctx.mount_timeout }),
         }
     }
 
@@ -866,6 +876,39 @@ fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
 }
 
+/// A daemon spawned on the bounded-call pool, until its volume task takes it. A
+/// spawn given up at its deadline may still finish (the exec it waited for
+/// returns at last): nobody would supervise that daemon, or take down what it
+/// mounts, so it is killed and reaped as soon as it is dropped unclaimed.
+struct Unclaimed {
+    daemon: Option<Daemon>,
+    children: Arc<Children>,
+    runtime: tokio::runtime::Handle,
+    span: tracing::Span,
+}
+
+impl Unclaimed {
+    fn claim(mut self) -> Daemon {
+        self.daemon.take().expect("claimed once")
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else { return };
+        let _span = self.span.enter();
+        warn!(pid = daemon.pid(), "daemon started after its start was given up: killed");
+        daemon.signal(Signal::SIGKILL);
+        let children = self.children.clone();
+        self.runtime.spawn(
+            async move {
+                let _ = daemon.wait(&children).await;
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use nix::errno::Errno;
@@ -953,6 +996,79 @@ mod tests {
             assert!(std::time::Instant::now() < until, "daemon {pid} did not exit");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// The state letter of `pid` in `/proc/PID/stat`, or None once it is reaped.
+    fn state_of(pid: i32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    // Real time: the spawn runs on a thread of the pool, held back by the test,
+    // which holds the spawn lock across the wait on purpose.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_daemon_spawned_after_its_spawn_was_given_up_is_killed_and_reaped() {
+        let mut rig = rig(fuse_volume(), FakeSys::new().mounted(&[ROOT, POD_BIND]));
+        rig.task.ctx.mount_timeout = Duration::from_millis(200);
+        let children = rig.task.ctx.children.clone();
+        let held = children.hold_spawns();
+        let argv = vec!["sleep".to_string(), "3600".to_string()];
+        let error =
+            Task::spawn_daemon(&rig.task.ctx, argv, BTreeMap::new(), vec![]).await.expect_err("the spawn is held");
+        assert!(matches!(error, VolumeError::SpawnHung { .. }), "{error}");
+        // The exec returns at last: the daemon nobody waits for must not run on.
+        drop(held);
+        spawned_then_gone(&children).await;
+    }
+
+    /// Waits for the spawn let go to finish, then for its daemon to be killed and
+    /// reaped. A spawn slower than a second is not seen: the test passes then.
+    async fn spawned_then_gone(children: &Children) {
+        let spawned = std::time::Instant::now() + Duration::from_secs(1);
+        while children.pids().is_empty() && std::time::Instant::now() < spawned {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = children.pids();
+            if pids.is_empty() {
+                break;
+            }
+            let running: Vec<_> = pids.iter().filter(|&&pid| state_of(pid).is_some_and(|s| s != 'Z')).collect();
+            assert!(std::time::Instant::now() < until, "left running and registered: {running:?} of {pids:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // Real time, as above.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_stop_does_not_wait_for_a_hung_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let stages = dir.path().join("stage");
+        let stage_tmpfs = format!("30 1 0:30 / {} rw - tmpfs sidemount-stage rw", stages.display());
+        let sys = FakeSys::new().mounted(&[ROOT, POD_BIND, &stage_tmpfs]);
+        let mut volume = fuse_volume();
+        volume.source = Source::Fuse { command: vec!["sleep".into(), "3600".into()] };
+        let rig = rig_staged(volume, sys, &stages);
+        let (children, status) = (rig.task.ctx.children.clone(), rig.task.status.clone());
+        let held = children.hold_spawns();
+        let running = tokio::spawn(rig.task.run());
+        while status.lock().unwrap().phase != Phase::Mounting {
+            sleep(Duration::from_millis(10)).await;
+        }
+        sleep(Duration::from_millis(100)).await;
+
+        // The stop is served within its budget, not after the spawn's 30 s.
+        let asked = std::time::Instant::now();
+        rig.stop.send(Deadlines::within(Duration::from_secs(2))).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(stopped.is_ok(), "still spawning {:?} after the stop", asked.elapsed());
+        assert!(asked.elapsed() < Duration::from_secs(2), "stopped after {:?}", asked.elapsed());
+        // The spawn returns at last: its daemon is not left running.
+        drop(held);
+        spawned_then_gone(&children).await;
     }
 
     #[tokio::test(start_paused = true)]
