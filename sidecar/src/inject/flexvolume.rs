@@ -74,8 +74,12 @@ pub fn convert(volumes: &mut [Value]) -> Conversion {
             }
             Some(Ok(list)) => list.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
         };
-        if flex.get("readOnly").and_then(Value::as_bool) == Some(true) && !options.iter().any(|o| o == "ro") {
-            options.push("ro".into());
+        // readOnly wins over an `rw` in mountOptions, as the kubelet's read-only mount would.
+        if flex.get("readOnly").and_then(Value::as_bool) == Some(true) {
+            options.retain(|o| o != "rw");
+            if !options.iter().any(|o| o == "ro") {
+                options.push("ro".into());
+            }
         }
         // A secretRef the driver would not have read must not leave the pod without credentials.
         let secret_name = match flex.get("secretRef") {
@@ -175,6 +179,11 @@ mod tests {
         assert_eq!(found.volumes[0].raw.options.as_deref(), Some(&["ro".to_string()][..]));
         assert_eq!(found.warnings.len(), 1);
         assert!(found.warnings[0].contains("options.cache"), "{:?}", found.warnings);
+        // An rw in mountOptions does not contradict readOnly in the spec.
+        let mut volumes = vec![json!({ "name": "d", "flexVolume": { "driver": "altalang/ofs", "readOnly": true,
+            "options": { "networkPath": "s3://b", "mountOptions": "rw,mt" } } })];
+        let found = convert(&mut volumes);
+        assert_eq!(found.volumes[0].raw.options.as_deref(), Some(&["mt".to_string(), "ro".to_string()][..]));
     }
 
     #[test]
