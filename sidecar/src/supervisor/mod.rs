@@ -171,6 +171,11 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         load_again: false,
         reread_at: None,
     };
+    // Before anything is mounted: a signal from here on starts the shutdown, and a
+    // handler that cannot be set up leaves nothing mounted behind.
+    let setup = |err: signals::SetupError| RunError::Setup { what: err.what, source: err.source };
+    let mut shutdown = signals::shutdown().map_err(setup)?;
+    let mut child_exits = signals::child_exits().map_err(setup)?;
     if volumes.iter().any(|v| !v.source.is_kernel_mount()) {
         supervisor.prepare_stage()?;
     }
@@ -183,10 +188,6 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
     // Checks run beside the loop: a hung volume costs them up to twice the check
     // timeout, which must not hold up a signal or a reload.
     let checks = spawn_periodic_checks(supervisor.registry.clone(), supervisor.settings.check_interval);
-
-    let setup = |err: signals::SetupError| RunError::Setup { what: err.what, source: err.source };
-    let mut shutdown = signals::shutdown().map_err(setup)?;
-    let mut child_exits = signals::child_exits().map_err(setup)?;
 
     // Nothing in this loop waits for a volume, a read or a parse: the shutdown
     // budget starts at the first signal, whatever is going on.
