@@ -32,11 +32,7 @@ pub fn root_volume() -> Value {
 pub(super) const SUBPATH_WARNINGS: usize = 8;
 
 pub(super) fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec<String> {
-    let fuse: Vec<&str> = served
-        .iter()
-        .filter(|raw| matches!(raw.kind.as_deref(), Some("fuse" | "objectivefs")))
-        .filter_map(|raw| raw.name.as_deref())
-        .collect();
+    let fuse: Vec<&str> = served.iter().filter(|raw| is_fuse(raw)).filter_map(|raw| raw.name.as_deref()).collect();
     let mut warnings = Vec::new();
     let mut more = 0;
     for container in groups.iter().flat_map(|group| group.iter()) {
@@ -237,6 +233,11 @@ pub(super) fn check_sub_paths(
         });
     }
     Ok(())
+}
+
+/// Whether a served volume is a FUSE mount, repaired by mounting over its root.
+pub(super) fn is_fuse(raw: &RawVolume) -> bool {
+    matches!(raw.kind.as_deref(), Some("fuse" | "objectivefs"))
 }
 
 /// A container's volume mounts (none when it has no list).

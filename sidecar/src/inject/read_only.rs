@@ -16,7 +16,8 @@
 
 use serde_json::Value;
 
-use super::pod::SUBPATH_WARNINGS;
+use super::name_of;
+use super::pod::{is_fuse, mounts_of, SUBPATH_WARNINGS};
 use crate::spec::RawVolume;
 
 /// Adds `ro` to each FUSE volume that every container mounts read-only, and
@@ -25,7 +26,7 @@ pub(super) fn fill(served: &mut [RawVolume], groups: &[&[Value]]) -> Vec<String>
     let mut warnings = Vec::new();
     let mut more = 0;
     for raw in served.iter_mut() {
-        if !matches!(raw.kind.as_deref(), Some("fuse" | "objectivefs")) {
+        if !is_fuse(raw) {
             continue;
         }
         if raw.options.iter().flatten().any(|o| o == "ro" || o == "rw") {
@@ -35,10 +36,9 @@ pub(super) fn fill(served: &mut [RawVolume], groups: &[&[Value]]) -> Vec<String>
         let mut read_only: Option<(&str, &str)> = None;
         let mut writable: Option<(&str, &str)> = None;
         for container in groups.iter().flat_map(|group| group.iter()) {
-            let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
-            let mounts = container.get("volumeMounts").and_then(Value::as_array);
-            for mount in mounts.into_iter().flatten() {
-                if mount.get("name").and_then(Value::as_str) != Some(volume) {
+            let name = name_of(container).unwrap_or("?");
+            for mount in mounts_of(container) {
+                if name_of(mount) != Some(volume) {
                     continue;
                 }
                 let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
