@@ -59,8 +59,10 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_ticker_expires_every_period() {
         let period = Duration::from_millis(50);
-        let ticker = Ticker::every(period).unwrap();
+        // Taken before the timer is set: its expiries fall `period` apart from
+        // a moment after this, so three of them cannot come sooner than this.
         let started = std::time::Instant::now();
+        let ticker = Ticker::every(period).unwrap();
         for _ in 0..3 {
             tokio::time::timeout(Duration::from_secs(5), ticker.tick()).await.expect("ticked").unwrap();
         }
