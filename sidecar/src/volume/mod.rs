@@ -50,6 +50,10 @@ const CONNECTION_RECHECK: Duration = Duration::from_millis(50);
 /// Daemons spawned at once (see `Task::spawn_daemon`): a few, to overlap the
 /// children's execs on every core without a thread per volume.
 const SPAWNS_AT_ONCE: usize = 4;
+/// A spawn that has not exec'd after this is taken as hung (a program on a
+/// filesystem that no longer answers): it gives its turn to the next volume
+/// and goes on waiting for its own deadline. Execs take milliseconds.
+const SLOW_SPAWN: Duration = Duration::from_secs(1);
 /// How long a daemon whose mount is gone gets to exit on its own.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -538,7 +542,8 @@ impl Task {
     /// volumes at a time. A spawn holds its thread until the child has exec'd (the
     /// child runs on the parent's memory until then), about a millisecond: spawned
     /// one after another on the runtime's one thread, a start of many volumes
-    /// waited for each exec in turn.
+    /// waited for each exec in turn. A spawn slower than [`SLOW_SPAWN`] no longer
+    /// counts against the others.
     async fn spawn_daemon(
         ctx: &Context,
         argv: Vec<String>,
@@ -546,18 +551,17 @@ impl Task {
         secrets: Vec<String>,
     ) -> Result<Daemon, VolumeError> {
         static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
-        let _turn = SPAWNING.acquire().await.expect("the spawn semaphore is never closed");
         let (children, runtime, span) =
             (ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
-        let spawned = bounded(ctx.mount_timeout, move || {
+        let spawn = bounded(ctx.mount_timeout, move || {
             // The daemon's pipes register with the runtime, and its output is logged
             // in the volume's span.
             let entered = (runtime.enter(), span.enter());
             let daemon = Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })?;
             drop(entered);
             Ok::<_, crate::daemon::SpawnError>(Unclaimed { daemon: Some(daemon), children, runtime, span })
-        })
-        .await;
+        });
+        let spawned = in_turn(&SPAWNING, SLOW_SPAWN, spawn).await;
         match spawned {
             Ok(result) => Ok(result?.claim()),
             Err(_) => Err(VolumeError::SpawnHung { timeout: ctx.mount_timeout }),
@@ -871,6 +875,22 @@ pub async fn secrets_of(
     }
 }
 
+/// Runs `work` in one of `turns`, given back when `work` is done or once it has
+/// taken `slow`, whichever comes first: a few hung spawns must not hold back
+/// every volume after them until their deadline.
+async fn in_turn<F: std::future::Future>(turns: &tokio::sync::Semaphore, slow: Duration, work: F) -> F::Output {
+    let turn = turns.acquire().await.expect("the turns are never closed");
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work => done,
+        () = sleep(slow) => {
+            drop(turn);
+            work.await
+        }
+    }
+}
+
 /// A dropped handle means the supervisor is gone: take the volume down quickly.
 fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
@@ -1002,6 +1022,38 @@ mod tests {
     fn state_of(pid: i32) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_spawn_gives_its_turn_away_after_a_while() {
+        let turns = tokio::sync::Semaphore::new(2);
+        let slow = Duration::from_secs(1);
+        let started = Instant::now();
+        let hung = || in_turn(&turns, slow, std::future::pending::<()>());
+        let quick = async {
+            // Asks once the two hung ones hold both turns.
+            tokio::task::yield_now().await;
+            in_turn(&turns, slow, async { Instant::now() }).await
+        };
+        let ran = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::select! {
+                () = hung() => unreachable!("never done"),
+                () = hung() => unreachable!("never done"),
+                ran = quick => ran,
+            }
+        })
+        .await
+        .expect("the quick one got a turn");
+        // It waited for a turn until the hung ones gave theirs up, and no longer.
+        assert_eq!(ran - started, slow);
+        // A quick one keeps its turn until it is done: nobody else got in meanwhile.
+        let turns = tokio::sync::Semaphore::new(1);
+        let first = in_turn(&turns, slow, async {
+            sleep(slow / 2).await;
+            turns.available_permits()
+        });
+        assert_eq!(first.await, 0);
+        assert_eq!(turns.available_permits(), 1);
     }
 
     // Real time: the spawn runs on a thread of the pool, held back by the test,
