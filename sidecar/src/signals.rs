@@ -1,6 +1,7 @@
 //! The process signals sidemount acts on, for `sidemount run` and `sidemount
 //! webhook` alike. SIGTERM (the kubelet stopping the pod) or SIGINT starts the
-//! drain; a second one of either shortens its deadline to now. SIGCHLD tells the
+//! drain; a second one of either shortens its deadline to now, also when both
+//! came before the supervisor looked (each delivery is counted). SIGCHLD tells the
 //! supervisor that an orphan it adopted may have exited. Code that embeds the
 //! webhook can drive the same sequence from a channel (`Shutdown::from_channel`).
 //!
@@ -56,8 +57,8 @@ fn install(kind: SignalKind, what: &'static str) -> Result<tokio::signal::unix::
 /// Installs the SIGTERM and SIGINT handlers (in that order) and returns the
 /// shutdown sequence they drive. Must be called inside a tokio runtime.
 pub fn shutdown() -> Result<Shutdown, SetupError> {
-    let term = install(SignalKind::terminate(), "SIGTERM handling")?;
-    let int = install(SignalKind::interrupt(), "SIGINT handling")?;
+    let term = Counted::install(SignalKind::terminate(), "SIGTERM handling")?;
+    let int = Counted::install(SignalKind::interrupt(), "SIGINT handling")?;
     Ok(Shutdown::new(Source::Kernel { term, int }))
 }
 
@@ -66,11 +67,49 @@ pub fn child_exits() -> Result<tokio::signal::unix::Signal, SetupError> {
     install(SignalKind::child(), "SIGCHLD handling")
 }
 
+/// A signal whose every delivery is a request: tokio wakes its waiter once for
+/// all the deliveries that came while it was not looking (two SIGTERMs sent
+/// together, before the loop polls), so each is counted as well, and those
+/// beyond the one woken for are owed to the next waits.
+struct Counted {
+    signal: tokio::signal::unix::Signal,
+    delivered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Deliveries answered so far, owed ones included.
+    seen: usize,
+    /// Deliveries not answered yet.
+    owed: usize,
+}
+
+impl Counted {
+    fn install(kind: SignalKind, what: &'static str) -> Result<Counted, SetupError> {
+        // The count first: a delivery is then counted before tokio's handler wakes the waiter.
+        let delivered =
+            crate::sys::count_deliveries(kind.as_raw_value()).map_err(|source| SetupError { what, source })?;
+        Ok(Counted { signal: install(kind, what)?, delivered, seen: 0, owed: 0 })
+    }
+
+    /// Answers one owed delivery, if there is one.
+    fn take_owed(&mut self) -> bool {
+        let owed = self.owed > 0;
+        self.owed -= usize::from(owed);
+        owed
+    }
+
+    /// Waits for the next wakeup: one delivery now, and any more it stands for owed.
+    async fn recv(&mut self) {
+        self.signal.recv().await;
+        let delivered = self.delivered.load(std::sync::atomic::Ordering::SeqCst);
+        // This wakeup is one delivery; a count behind it (a handler not yet done) is not owed.
+        self.owed = delivered.saturating_sub(self.seen + 1);
+        self.seen = delivered.max(self.seen + 1);
+    }
+}
+
 /// Where stop requests come from.
 enum Source {
     Kernel {
-        term: tokio::signal::unix::Signal,
-        int: tokio::signal::unix::Signal,
+        term: Counted,
+        int: Counted,
     },
     /// Requests sent by the embedding code (and the tests) instead of the kernel.
     Channel(mpsc::Receiver<Stop>),
@@ -80,10 +119,18 @@ impl Source {
     /// The next request; `None` once a channel's senders are gone.
     async fn recv(&mut self) -> Option<Stop> {
         match self {
-            Source::Kernel { term, int } => tokio::select! {
-                _ = term.recv() => Some(Stop::TERM),
-                _ = int.recv() => Some(Stop::INT),
-            },
+            Source::Kernel { term, int } => {
+                if term.take_owed() {
+                    return Some(Stop::TERM);
+                }
+                if int.take_owed() {
+                    return Some(Stop::INT);
+                }
+                tokio::select! {
+                    () = term.recv() => Some(Stop::TERM),
+                    () = int.recv() => Some(Stop::INT),
+                }
+            }
             Source::Channel(rx) => rx.recv().await,
         }
     }
@@ -257,6 +304,49 @@ mod tests {
     fn signals_drive_the_sequence() {
         let test = concat!(module_path!(), "::signals_drive_the_sequence");
         crate::alone::in_own_process(test, signals_drive_the_sequence_in_child);
+    }
+
+    /// Two SIGTERMs sent before anyone waits are two requests, not one.
+    #[test]
+    fn two_signals_sent_together_hurry() {
+        let test = concat!(module_path!(), "::two_signals_sent_together_hurry");
+        crate::alone::in_own_process(test, two_signals_sent_together_hurry_in_child);
+    }
+
+    async fn two_signals_sent_together_hurry_in_child() {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let mut shutdown = shutdown().unwrap();
+        let Source::Kernel { term, int } = &shutdown.source else { unreachable!("the kernel's signals") };
+        let (term, int) = (term.delivered.clone(), int.delivered.clone());
+        // Each sent once the last was handled: a signal sent while one is still
+        // pending in the kernel is merged there, before any handler runs.
+        let send = |signal: Signal, delivered: &std::sync::atomic::AtomicUsize| {
+            let before = delivered.load(std::sync::atomic::Ordering::SeqCst);
+            kill(Pid::this(), signal).unwrap();
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while delivered.load(std::sync::atomic::Ordering::SeqCst) == before {
+                assert!(std::time::Instant::now() < until, "{signal} not handled");
+                std::thread::yield_now();
+            }
+        };
+        send(Signal::SIGTERM, &term);
+        send(Signal::SIGTERM, &term);
+        let hurried = tokio::time::timeout(Duration::from_secs(5), shutdown.hurried()).await;
+        assert_eq!(hurried, Ok(Stop::TERM), "the second SIGTERM was lost");
+        assert_eq!(shutdown.phase(), Phase::Hurried { first: Stop::TERM, again: Stop::TERM });
+        // Nothing more is owed: a third request is still waited for.
+        assert!(waits(async { shutdown.source.recv().await }).await, "a request made up");
+        send(Signal::SIGINT, &int);
+        send(Signal::SIGTERM, &term);
+        send(Signal::SIGTERM, &term);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(tokio::time::timeout(Duration::from_secs(5), shutdown.source.recv()).await.unwrap().unwrap());
+        }
+        got.sort_by_key(|stop| stop.name());
+        assert_eq!(got, [Stop::INT, Stop::TERM, Stop::TERM]);
+        assert!(waits(async { shutdown.source.recv().await }).await, "a request made up");
     }
 
     async fn signals_drive_the_sequence_in_child() {

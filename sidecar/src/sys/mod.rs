@@ -155,6 +155,24 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Counts each delivery of `signal` in the handler itself. Signals that arrive
+/// before their waiter looks are one wakeup to tokio; the count tells how many
+/// they were. To be called before tokio's own handler for `signal` is set up,
+/// so that a delivery is counted before tokio wakes its waiter.
+pub fn count_deliveries(signal: i32) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    // SAFETY: the action only adds to an atomic, which is async-signal-safe,
+    // and never unregisters: `counter` lives as long as the process.
+    unsafe {
+        signal_hook_registry::register(signal, move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+    }?;
+    Ok(count)
+}
+
 /// Makes this process the reaper of orphaned descendants, as PID 1 is, so a
 /// mount helper that forks and exits is reaped here (see `daemon::reap_orphans`).
 pub fn become_subreaper() -> Result<(), Errno> {
