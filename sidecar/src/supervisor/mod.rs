@@ -708,15 +708,23 @@ impl Supervisor {
 /// Sends a message when the spec file or directory changes. The directory is
 /// watched, not the file: editors and Kubernetes ConfigMaps replace files by rename.
 fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let dir = watched_dir(config, config.is_dir());
+    let is_dir = config.is_dir();
+    let dir = watched_dir(config, is_dir);
     // A spec renamed away is missing for a moment; a spec directory may go whole.
     let watch = DirWatch::new(file_watch::Events { renamed_away: true, directory_gone: true, metadata: false })?;
-    watch.add(&dir)?;
     // A directory deleted takes its watch with it: its parent's tells when it is
     // made again, and the new one is watched after each change (see below).
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = watch.add(parent);
     }
+    // A spec file that is a link is watched where it leads as well, so that the
+    // file it names, edited in place in another directory, is noticed too.
+    let config = config.to_path_buf();
+    let watch_spec = move |watch: &DirWatch| match is_dir {
+        true => watch.add(&dir),
+        false => watch.add_dirs_of(&[&config]),
+    };
+    watch_spec(&watch)?;
     Ok(tokio::spawn(async move {
         loop {
             match watch.changed().await {
@@ -729,8 +737,9 @@ fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> std::io::Result<tokio::t
             }
             // Writers touch a file several times: settle, drain, then reload once.
             watch.settle().await;
-            // The directory made again is another one, with no watch yet.
-            let _ = watch.add(&dir);
+            // The directory made again is another one, with no watch yet; a link
+            // may lead somewhere else now.
+            let _ = watch_spec(&watch);
             if tx.send(()).await.is_err() {
                 return;
             }
@@ -754,6 +763,35 @@ mod tests {
     /// Whether the watch sends a change within a few seconds.
     async fn next(rx: &mut mpsc::Receiver<()>) -> bool {
         tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_spec_file_that_is_a_link_is_watched_where_it_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (etc, elsewhere) = (dir.path().join("etc"), dir.path().join("elsewhere"));
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("volumes.yaml"), "volumes: []\n").unwrap();
+        let config = etc.join("volumes.yaml");
+        std::os::unix::fs::symlink(elsewhere.join("volumes.yaml"), &config).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let watching = watch_config(&config, tx).unwrap();
+        // Edited in place where the link leads: no entry of `etc` changes.
+        std::fs::write(elsewhere.join("volumes.yaml"), "volumes: []\n# edited\n").unwrap();
+        assert!(next(&mut rx).await, "the file the link names, edited in place, is a change");
+        // The link pointed somewhere else: that file's directory is watched from then on.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("volumes.yaml"), "volumes: []\n").unwrap();
+        let swapped = etc.join("volumes.yaml.new");
+        std::os::unix::fs::symlink(other.join("volumes.yaml"), &swapped).unwrap();
+        std::fs::rename(&swapped, &config).unwrap();
+        assert!(next(&mut rx).await, "the link replaced is a change");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while rx.try_recv().is_ok() {}
+        std::fs::write(other.join("volumes.yaml"), "volumes: []\n# edited\n").unwrap();
+        assert!(next(&mut rx).await, "the new target, edited in place, is a change");
+        watching.abort();
     }
 
     #[tokio::test]
