@@ -293,10 +293,11 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| format!("request failed: {e}"))?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
+    let late = || format!("no whole answer from {addr} within {timeout:?}");
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(format!("no whole answer from {addr} within {timeout:?}"));
+            return Err(late());
         }
         stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
         match stream.read(&mut chunk) {
@@ -306,6 +307,10 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
             }
             Ok(n) => response.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The read's timeout is what was left of the probe's.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late())
+            }
             Err(e) => return Err(format!("no answer from {addr}: {e}")),
         }
     }
@@ -384,6 +389,10 @@ mod tests {
         let err = probe(trickle, "/healthz", Duration::from_millis(500)).unwrap_err();
         assert!(err.contains("within 500ms"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        // Silent: the read's own timeout ends it, and the message is the same.
+        let silent = answering(|_| std::thread::sleep(Duration::from_secs(2)));
+        let err = probe(silent, "/healthz", Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err, format!("no whole answer from {silent} within 300ms"));
     }
 
     #[tokio::test(flavor = "current_thread")]
