@@ -30,6 +30,8 @@ pub enum VolumeError {
     Spawn(#[from] SpawnError),
     #[error("starting the daemon did not return within {timeout:?} (SIDEMOUNT_MOUNT_TIMEOUT)")]
     SpawnHung { timeout: Duration },
+    #[error("the last start of {program} has not returned yet, long past SIDEMOUNT_MOUNT_TIMEOUT: check that the filesystem {program} is on answers")]
+    SpawnStillHung { program: String },
     #[error("stopped while starting the daemon")]
     SpawnStopped,
 

@@ -143,6 +143,10 @@ struct Task {
     stop: Stop,
     /// A read of the secretDir is under way (or stuck on a hung filesystem).
     secret_read: Arc<std::sync::atomic::AtomicBool>,
+    /// True while a spawn of the daemon is under way, one given up included: a
+    /// start whose exec hangs holds its thread, and the next start fails at once
+    /// rather than leave one more thread behind on each retry.
+    spawning: Arc<std::sync::atomic::AtomicBool>,
     /// How to ask the running daemon about the writes it has yet to send.
     writeback: Option<flush::Writeback>,
 }
@@ -267,6 +271,7 @@ impl Task {
             changes,
             stop: Stop::new(stop),
             secret_read: Default::default(),
+            spawning: Default::default(),
             writeback: None,
         }
     }
@@ -527,7 +532,7 @@ impl Task {
         };
         // A stop does not wait for a spawn that hangs, or for its turn: a daemon
         // spawned after all is killed (see `Unclaimed`).
-        let spawn = Task::spawn_daemon(&self.ctx, argv.clone(), env.clone(), secrets.to_vec());
+        let spawn = Task::spawn_daemon(&self.ctx, &self.spawning, argv.clone(), env.clone(), secrets.to_vec());
         let stop = &mut self.stop;
         let daemon = tokio::select! {
             biased;
@@ -546,11 +551,14 @@ impl Task {
     /// counts against the others.
     async fn spawn_daemon(
         ctx: &Context,
+        in_flight: &Arc<std::sync::atomic::AtomicBool>,
         argv: Vec<String>,
         env: BTreeMap<String, String>,
         secrets: Vec<String>,
     ) -> Result<Daemon, VolumeError> {
         static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
+        let under_way =
+            InFlight::claim(in_flight).ok_or_else(|| VolumeError::SpawnStillHung { program: argv[0].clone() })?;
         let (children, runtime, span) =
             (ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
         let spawn = bounded(ctx.mount_timeout, move || {
@@ -558,7 +566,7 @@ impl Task {
             // in the volume's span.
             let entered = (runtime.enter(), span.enter());
             let daemon = Daemon::spawn(&children, Launch { argv: &argv, env: &env, secrets: &secrets })?;
-            drop(entered);
+            drop((entered, under_way));
             Ok::<_, crate::daemon::SpawnError>(Unclaimed { daemon: Some(daemon), children, runtime, span })
         });
         let spawned = in_turn(&SPAWNING, SLOW_SPAWN, spawn).await;
@@ -896,6 +904,23 @@ fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
 }
 
+/// A call under way, marked in its flag until the call is dropped: once it has
+/// returned, or when it is never made.
+struct InFlight(Arc<std::sync::atomic::AtomicBool>);
+
+impl InFlight {
+    /// Marks the flag, unless a call is under way already.
+    fn claim(flag: &Arc<std::sync::atomic::AtomicBool>) -> Option<InFlight> {
+        (!flag.swap(true, std::sync::atomic::Ordering::SeqCst)).then(|| InFlight(flag.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A daemon spawned on the bounded-call pool, until its volume task takes it. A
 /// spawn given up at its deadline may still finish (the exec it waited for
 /// returns at last): nobody would supervise that daemon, or take down what it
@@ -1066,12 +1091,23 @@ mod tests {
         let children = rig.task.ctx.children.clone();
         let held = children.hold_spawns();
         let argv = vec!["sleep".to_string(), "3600".to_string()];
-        let error =
-            Task::spawn_daemon(&rig.task.ctx, argv, BTreeMap::new(), vec![]).await.expect_err("the spawn is held");
+        let spawning = Arc::default();
+        let spawn = || Task::spawn_daemon(&rig.task.ctx, &spawning, argv.clone(), BTreeMap::new(), vec![]);
+        let error = spawn().await.expect_err("the spawn is held");
         assert!(matches!(error, VolumeError::SpawnHung { .. }), "{error}");
+        // The next start does not leave one more thread behind the hung one.
+        let asked = std::time::Instant::now();
+        let error = spawn().await.expect_err("the last spawn is still held");
+        assert!(matches!(error, VolumeError::SpawnStillHung { .. }), "{error}");
+        assert!(asked.elapsed() < Duration::from_millis(100), "waited {:?}", asked.elapsed());
+        assert!(error.to_string().starts_with("the last start of sleep has not returned yet"), "{error}");
         // The exec returns at last: the daemon nobody waits for must not run on.
         drop(held);
         spawned_then_gone(&children).await;
+        // And the volume may start again.
+        let mut daemon = spawn().await.expect("spawned once the hung one returned");
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait(&children).await.unwrap();
     }
 
     /// Waits for the spawn let go to finish, then for its daemon to be killed and
