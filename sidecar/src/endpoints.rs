@@ -290,7 +290,9 @@ pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Resul
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("supervisor not reachable at {addr}: {e}"))?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| format!("request failed: {e}"))?;
+    // One write: `write!` on the socket itself sends each piece as a packet of its own.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| format!("request failed: {e}"))?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
     let late = || format!("no whole answer from {addr} within {timeout:?}");
@@ -353,9 +355,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             if let Ok((mut stream, _)) = listener.accept() {
-                // The request first: a socket closed with it unread is reset.
-                let mut request = [0u8; 1024];
-                let _ = std::io::Read::read(&mut stream, &mut request);
+                // The whole request first: a socket closed with some of it unread is reset.
+                let (mut request, mut chunk) = (Vec::new(), [0u8; 1024]);
+                while !request.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut stream, &mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
                 answer(&mut stream);
             }
         });
