@@ -115,7 +115,9 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 2\r\n\r\n{{}}").unwrap();
+    // One write: a server that answers early and closes would reset the rest.
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 2\r\n\r\n{{}}");
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
