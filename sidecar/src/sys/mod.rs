@@ -179,6 +179,25 @@ pub fn become_subreaper() -> Result<(), Errno> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
+/// A moment of the CPU time the calling thread has used. Tests bound the cost of
+/// a parse by it: other processes on a loaded machine stretch wall time many
+/// times over, and this thread's own CPU time hardly at all.
+#[cfg(test)]
+pub struct ThreadCpuTime(std::time::Duration);
+
+#[cfg(test)]
+impl ThreadCpuTime {
+    pub fn now() -> ThreadCpuTime {
+        let used = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("a thread's CPU clock");
+        ThreadCpuTime(used.into())
+    }
+
+    /// CPU time this thread has used since.
+    pub fn elapsed(&self) -> std::time::Duration {
+        ThreadCpuTime::now().0 - self.0
+    }
+}
+
 /// The most open files the supervisor asks for: enough for every volume and
 /// repair, and not so many that a helper closing every descriptor up to the
 /// limit (as some do before exec) loops over millions.
