@@ -124,6 +124,83 @@ pub enum Outcome {
     AlreadyInjected,
 }
 
+/// What injection did with a pod given to it to edit ([`edit`]).
+#[derive(Debug)]
+pub enum Edit {
+    /// The pod, injected in place, with what changed in it.
+    Injected(Injection),
+    /// The pod does not ask for sidemount.
+    NotRequested,
+    /// The pod carries `sidemount.io/injected` already.
+    AlreadyInjected,
+}
+
+/// A pod injected in place, and the members of it that injection set: the
+/// webhook's JSON Patch is written from these, `sidemount inject` writes the pod.
+#[derive(Debug)]
+pub struct Injection {
+    pub pod: Value,
+    /// What was dropped on the way.
+    pub warnings: Vec<String>,
+    pub changes: Changes,
+}
+
+/// The members of a pod that injection set, each whole; nothing else in the pod
+/// changed. A `bool` `had` says whether the pod had the member before, as any
+/// value (`null` included): it was then replaced, else added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// `spec.volumes`, always set: the root volume is added.
+    pub volumes_had: bool,
+    /// The containers whose `volumeMounts` list was rewritten, by list and by
+    /// their index before the sidecar went in.
+    pub mounts: Vec<(List, usize)>,
+    /// Where the sidecar went.
+    pub sidecar: Placed,
+    /// `spec.terminationGracePeriodSeconds`, when it was raised.
+    pub grace_had: Option<bool>,
+    /// `metadata.annotations`: extended with `annotation_keys` when it was a
+    /// map, else set whole.
+    pub annotations: Was,
+    /// The annotations set, each with whether the pod had it.
+    pub annotation_keys: Vec<(&'static str, bool)>,
+}
+
+/// A container list of the pod spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    InitContainers,
+    Containers,
+}
+
+impl List {
+    pub fn key(self) -> &'static str {
+        match self {
+            List::InitContainers => "initContainers",
+            List::Containers => "containers",
+        }
+    }
+}
+
+/// Where the sidecar went: its list, its index there, and what the list was
+/// before: when it was no list, it was set whole, to `[sidecar]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub list: List,
+    pub at: usize,
+    pub list_was: Was,
+}
+
+/// What a member of the pod was before injection set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Was {
+    Absent,
+    /// There, as a value of another shape than the one injection extends (`null`, say).
+    Other,
+    /// There, and extended in place.
+    Extended,
+}
+
 /// Why a pod cannot be injected: one variant per step, each message naming the
 /// annotation or field to change.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +244,45 @@ pub enum InjectError {
 /// Injects the sidecar into a pod, or a workload's pod template: `template`
 /// holds `metadata` and `spec`. The input is not changed; an injected copy is returned.
 pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError> {
+    match asked(template, config)? {
+        Asked::Nothing => Ok(Outcome::NotRequested),
+        Asked::AlreadyInjected => Ok(Outcome::AlreadyInjected),
+        Asked::Inject(request) => {
+            let Injection { pod, warnings, .. } = apply(request, template.clone(), config)?;
+            Ok(Outcome::Injected { pod, warnings })
+        }
+    }
+}
+
+/// Injects the sidecar into `pod` itself, as [`inject`] does into its copy, and
+/// says which members of the pod it set: the webhook's patch is those members.
+pub fn edit(pod: Value, config: &Config) -> Result<Edit, InjectError> {
+    match asked(&pod, config)? {
+        Asked::Nothing => Ok(Edit::NotRequested),
+        Asked::AlreadyInjected => Ok(Edit::AlreadyInjected),
+        Asked::Inject(request) => apply(request, pod, config).map(Edit::Injected),
+    }
+}
+
+/// What a pod's `sidemount.io/*` annotations (and labels) ask for.
+enum Asked {
+    Nothing,
+    AlreadyInjected,
+    Inject(Request),
+}
+
+/// A pod's request for injection, read from its annotations.
+struct Request {
+    volumes_text: Option<String>,
+    convert: bool,
+    mode: Mode,
+    resources: Option<Value>,
+}
+
+fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
     let annotations = Annotations::of(template)?;
     if annotations.get(INJECTED_ANNOTATION)?.is_some() {
-        return Ok(Outcome::AlreadyInjected);
+        return Ok(Asked::AlreadyInjected);
     }
     let volumes_text = annotations.get(VOLUMES_ANNOTATION)?;
     let convert = match annotations.get(CONVERT_FLEXVOLUME_ANNOTATION)? {
@@ -184,7 +297,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     };
     if volumes_text.is_none() && !convert {
-        return Ok(Outcome::NotRequested);
+        return Ok(Asked::Nothing);
     }
     let mode = match annotations.get(MODE_ANNOTATION)? {
         None => config.mode,
@@ -193,11 +306,16 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         Some(other) => return Err(InjectError::Mode { value: other.into() }),
     };
     let resources = resources::from_annotations(|name| annotations.get(name))?;
+    Ok(Asked::Inject(Request { volumes_text: volumes_text.map(String::from), convert, mode, resources }))
+}
 
-    let mut pod = template.clone();
+/// The one mutation: injects `pod` as `request` asks, in place.
+fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection, InjectError> {
+    let Request { volumes_text, convert, mode, resources } = request;
+    let volumes_text = volumes_text.as_deref();
     let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
+    let volumes_had = spec.contains_key("volumes");
     let mut pod_volumes = list(spec, "spec", "volumes")?;
-
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     // Converted first: the annotation's checks then see the emptyDir that replaced each FlexVolume.
@@ -267,18 +385,22 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
 
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
     check_start_order(&init_containers, &containers, mode, &names)?;
-    for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
+    let mut mounts = Vec::new();
+    for (list, containers) in [(List::InitContainers, &mut init_containers), (List::Containers, &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
-            mount_from_root(container, &names, &format!("{field}[{i}]"))?;
+            if mount_from_root(container, &names, &format!("spec.{}[{i}]", list.key()))? {
+                mounts.push((list, i));
+            }
         }
     }
 
-    let into = match mode {
-        Mode::Native => &mut init_containers,
-        Mode::Legacy => &mut containers,
+    let (list, into) = match mode {
+        Mode::Native => (List::InitContainers, &mut init_containers),
+        Mode::Legacy => (List::Containers, &mut containers),
     };
     let at = sidecar_position(into);
     into.insert(at, sidecar);
+    let sidecar = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
 
     set_list(spec, "volumes", pod_volumes);
     set_list(spec, "containers", containers);
@@ -295,18 +417,36 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         set_list(spec, "initContainers", init_containers);
     }
 
+    let grace_had = spec.contains_key("terminationGracePeriodSeconds");
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
+    let grace_had = original_grace.is_some().then_some(grace_had);
     // A pod converted for its label alone may have no annotations yet.
-    let metadata = &mut pod["metadata"];
-    if !metadata["annotations"].is_object() {
-        metadata["annotations"] = json!({});
+    let metadata =
+        pod.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| malformed("metadata", "an object"))?;
+    let annotations_were = was(metadata.get("annotations"), Value::is_object);
+    if annotations_were != Was::Extended {
+        metadata.insert("annotations".into(), Value::Object(Map::new()));
     }
-    let annotations = metadata["annotations"].as_object_mut().expect("made a map above");
+    let annotations = metadata.get_mut("annotations").and_then(Value::as_object_mut).expect("made a map above");
+    let mut annotation_keys = Vec::with_capacity(2);
     if let Some(original) = original_grace {
-        annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original));
+        let had = annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original)).is_some();
+        annotation_keys.push((ORIGINAL_GRACE_ANNOTATION, had));
     }
-    annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into()));
-    Ok(Outcome::Injected { pod, warnings })
+    let had = annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into())).is_some();
+    annotation_keys.push((INJECTED_ANNOTATION, had));
+    let changes = Changes { volumes_had, mounts, sidecar, grace_had, annotations: annotations_were, annotation_keys };
+    Ok(Injection { pod, warnings, changes })
+}
+
+/// What a member was before injection set it: absent, of the shape injection
+/// extends in place (`extends`), or another value (`null`, say) that it replaces.
+fn was(member: Option<&Value>, extends: impl Fn(&Value) -> bool) -> Was {
+    match member {
+        None => Was::Absent,
+        Some(value) if extends(value) => Was::Extended,
+        Some(_) => Was::Other,
+    }
 }
 
 /// A volume's Secret, mounted into the sidecar as its `secretDir`.

@@ -1,112 +1,89 @@
-//! JSON Patch (RFC 6902) from one JSON value to another: what the admission
-//! response carries, computed by diffing the pod before and after injection
-//! so that the webhook and `sidemount inject` share one mutation.
-
-use std::fmt::Write as _;
+//! JSON Patch (RFC 6902): what the admission response carries, written from
+//! the members of the pod that injection set ([`Changes`](crate::inject::Changes)), so that the
+//! webhook and `sidemount inject` share one mutation and the pod is neither
+//! copied nor compared.
 
 use serde::Serialize;
 use serde_json::Value;
 
-/// One patch operation.
+use crate::inject::{Injection, Was};
+
+/// One patch operation; its value is borrowed from the injected pod.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Operation {
-    Add { path: String, value: Value },
-    Remove { path: String },
-    Replace { path: String, value: Value },
+pub struct Operation<'a> {
+    pub op: Op,
+    pub path: String,
+    pub value: &'a Value,
 }
 
-/// The operations that turn `from` into `to`. Objects are compared key by key;
-/// a list that changed length is replaced whole: injection inserts containers
-/// in the middle of lists, where index-wise adds would only be harder to read.
-/// `to` is consumed: what the patch carries is moved out of it, not copied.
-pub fn diff(from: &Value, to: Value) -> Vec<Operation> {
-    let mut ops = Vec::new();
-    walk(from, to, &mut String::new(), &mut ops);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Add,
+    Replace,
+}
+
+impl Op {
+    /// `replace` for a member the pod had, `add` for a new one.
+    fn setting(had: bool) -> Op {
+        if had {
+            Op::Replace
+        } else {
+            Op::Add
+        }
+    }
+}
+
+/// The operations that turn the pod injection was given into the injected pod,
+/// in the order they apply: each member injection set is set whole, but for a
+/// container list the sidecar joined (it is added at its index, after the
+/// containers' `volumeMounts` are replaced at theirs) and for the annotations of
+/// a pod that had some (each key is added).
+pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
+    let Injection { pod, changes, .. } = injection;
+    let spec = &pod["spec"];
+    let mut ops = Vec::with_capacity(4 + changes.mounts.len());
+    ops.push(Operation { op: Op::setting(changes.volumes_had), path: "/spec/volumes".into(), value: &spec["volumes"] });
+    let placed = changes.sidecar;
+    for &(list, i) in &changes.mounts {
+        // Where the container is now: one further if the sidecar went in before it.
+        let now = if list == placed.list && i >= placed.at { i + 1 } else { i };
+        ops.push(Operation {
+            op: Op::Replace,
+            path: format!("/spec/{}/{i}/volumeMounts", list.key()),
+            value: &spec[list.key()][now]["volumeMounts"],
+        });
+    }
+    let key = placed.list.key();
+    ops.push(match placed.list_was {
+        Was::Extended => {
+            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: &spec[key][placed.at] }
+        }
+        was => Operation { op: Op::setting(was == Was::Other), path: format!("/spec/{key}"), value: &spec[key] },
+    });
+    if let Some(had) = changes.grace_had {
+        ops.push(Operation {
+            op: Op::setting(had),
+            path: "/spec/terminationGracePeriodSeconds".into(),
+            value: &spec["terminationGracePeriodSeconds"],
+        });
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    match changes.annotations {
+        Was::Extended => {
+            for &(key, had) in &changes.annotation_keys {
+                let mut path = String::from("/metadata/annotations");
+                push_token(&mut path, key);
+                ops.push(Operation { op: Op::setting(had), path, value: &annotations[key] });
+            }
+        }
+        was => ops.push(Operation {
+            op: Op::setting(was == Was::Other),
+            path: "/metadata/annotations".into(),
+            value: annotations,
+        }),
+    }
     ops
-}
-
-fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
-    match (from, to) {
-        (Value::Object(a), Value::Object(b)) => {
-            // Injection keeps a pod's keys in their order and adds its own after
-            // them (or, for `initContainers`, among them): keys are matched by
-            // position while both objects agree, and looked up only after that.
-            let kept_in_order = a.len() <= b.len() && a.keys().zip(b.keys()).all(|(k, l)| k == l);
-            if !kept_in_order {
-                for key in a.keys().filter(|k| !b.contains_key(*k)) {
-                    ops.push(Operation::Remove { path: child(path, key) });
-                }
-            }
-            let mut olds = a.iter();
-            let mut in_order = true;
-            for (key, value) in b {
-                let old = match olds.next() {
-                    Some((k, old)) if in_order && *k == key => Some(old),
-                    // Every key of `from` was matched, and a key appears once.
-                    None if in_order => None,
-                    _ => {
-                        in_order = false;
-                        a.get(&key)
-                    }
-                };
-                match old {
-                    None => ops.push(Operation::Add { path: child(path, &key), value }),
-                    // Most of a pod is left as it was: compared, not walked.
-                    Some(old) if same(old, &value) => {}
-                    Some(old) => {
-                        let len = path.len();
-                        push_token(path, &key);
-                        walk(old, value, path, ops);
-                        path.truncate(len);
-                    }
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (old, new)) in a.iter().zip(b).enumerate() {
-                if same(old, &new) {
-                    continue;
-                }
-                let len = path.len();
-                write!(path, "/{i}").expect("writing to a String");
-                walk(old, new, path, ops);
-                path.truncate(len);
-            }
-        }
-        (from, to) if *from == to => {}
-        (_, to) => ops.push(Operation::Replace { path: path.clone(), value: to }),
-    }
-}
-
-/// `a == b`, without looking keys up while both objects list them in the same
-/// order, as a pod and its injected copy almost everywhere do.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            if x.len() != y.len() {
-                return false;
-            }
-            for ((k, v), (l, w)) in x.iter().zip(y) {
-                if k != l {
-                    // Another order: compared key by key.
-                    return a == b;
-                }
-                if !same(v, w) {
-                    return false;
-                }
-            }
-            true
-        }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
-        _ => a == b,
-    }
-}
-
-fn child(path: &str, key: &str) -> String {
-    let mut path = path.to_string();
-    push_token(&mut path, key);
-    path
 }
 
 /// Appends one reference token, escaped as RFC 6901 says: `~` is `~0`, `/` is
@@ -125,70 +102,92 @@ fn push_token(path: &mut String, token: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::{self, Config, Edit, INJECTED_ANNOTATION, ORIGINAL_GRACE_ANNOTATION, VOLUMES_ANNOTATION};
     use serde_json::json;
 
-    #[test]
-    fn diffs_objects_key_by_key_and_escapes_tokens() {
-        let from = json!({ "metadata": { "annotations": { "a/b": "1", "gone": "x" } }, "spec": { "n": 1 } });
-        let to = json!({ "metadata": { "annotations": { "a/b": "1", "c~d/e": "2" } }, "spec": { "n": 2 } });
-        let ops = serde_json::to_value(diff(&from, to)).unwrap();
-        assert_eq!(
-            ops,
-            json!([
-                { "op": "remove", "path": "/metadata/annotations/gone" },
-                { "op": "add", "path": "/metadata/annotations/c~0d~1e", "value": "2" },
-                { "op": "replace", "path": "/spec/n", "value": 2 },
-            ])
-        );
+    const FUSE: &str = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}";
+
+    fn injection(pod: Value, mode: &str) -> Injection {
+        let mut pod = pod;
+        pod["metadata"]["annotations"]["sidemount.io/mode"] = json!(mode);
+        match inject::edit(pod, &Config::for_tests()).unwrap() {
+            Edit::Injected(injection) => injection,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    /// Each operation as `op path`.
+    fn shape(ops: &[Operation]) -> Vec<String> {
+        ops.iter().map(|o| format!("{} {}", serde_json::to_value(o.op).unwrap().as_str().unwrap(), o.path)).collect()
     }
 
     #[test]
-    fn keys_added_among_kept_ones_are_found_in_order_or_not() {
-        let from = json!({ "a": 1, "b": 1, "c": 1 });
-        let ops = |to: Value| serde_json::to_value(diff(&from, to)).unwrap();
+    fn sets_what_injection_set_and_adds_the_sidecar_at_its_index() {
+        let mount = json!([{ "name": "data", "mountPath": "/d" }]);
+        let pod = json!({
+            "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE, ORIGINAL_GRACE_ANNOTATION: "old" } },
+            "spec": {
+                "containers": [
+                    { "name": "istio-proxy", "image": "i" },
+                    { "name": "a", "image": "x", "volumeMounts": mount },
+                    { "name": "b", "image": "x" },
+                ],
+                "terminationGracePeriodSeconds": 5,
+            },
+        });
+        let injected = injection(pod, "legacy");
+        let ops = of(&injected);
+        // Container a is replaced at its index before the sidecar goes in before it.
         assert_eq!(
-            ops(json!({ "a": 1, "i": 0, "b": 2, "c": 1, "d": 3 })),
-            json!([
-                { "op": "add", "path": "/i", "value": 0 },
-                { "op": "replace", "path": "/b", "value": 2 },
-                { "op": "add", "path": "/d", "value": 3 },
-            ])
-        );
-        assert_eq!(
-            ops(json!({ "a": 2, "b": 1 })),
-            json!([{ "op": "remove", "path": "/c" }, { "op": "replace", "path": "/a", "value": 2 }])
-        );
-        assert_eq!(
-            ops(json!({ "c": 2, "a": 1, "b": 1, "x": 0 })),
-            json!([{ "op": "replace", "path": "/c", "value": 2 }, { "op": "add", "path": "/x", "value": 0 }])
-        );
-    }
-
-    #[test]
-    fn compares_objects_whatever_the_order_of_their_keys() {
-        let a = json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" });
-        assert!(same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" })));
-        assert!(same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })));
-        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 3 }], "y": "s" })));
-        assert!(!same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "r": 1 }] })));
-        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }] })));
-        assert!(!same(&json!([1, 2]), &json!([1, 2, 3])));
-        // A reordered object is no change.
-        assert!(diff(&a, json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })).is_empty());
-    }
-
-    #[test]
-    fn replaces_lists_that_changed_length() {
-        let from = json!({ "l": [1, { "x": 1 }], "m": [1, 2] });
-        let to = json!({ "l": [1, { "x": 2 }], "m": [0, 1, 2] });
-        assert_eq!(
-            diff(&from, to),
+            shape(&ops),
             [
-                Operation::Replace { path: "/l/1/x".into(), value: json!(2) },
-                Operation::Replace { path: "/m".into(), value: json!([0, 1, 2]) },
+                "add /spec/volumes",
+                "replace /spec/containers/1/volumeMounts",
+                "add /spec/containers/1",
+                "replace /spec/terminationGracePeriodSeconds",
+                "replace /metadata/annotations/sidemount.io~1original-termination-grace-period",
+                "add /metadata/annotations/sidemount.io~1injected",
             ]
         );
-        assert!(diff(&from, from.clone()).is_empty());
-        assert_eq!(diff(&json!(1), json!("x")), [Operation::Replace { path: String::new(), value: json!("x") }]);
+        let spec = &injected.pod["spec"];
+        assert_eq!(ops[1].value, &spec["containers"][2]["volumeMounts"]);
+        assert_eq!(ops[2].value["name"], "sidemount");
+        assert_eq!(ops[5].value, &json!(inject::VERSION));
+    }
+
+    #[test]
+    fn sets_a_list_or_map_whole_where_the_pod_had_none() {
+        let pod = json!({
+            "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } },
+            "spec": { "volumes": null, "initContainers": null, "containers": [{ "name": "a", "image": "x" }] },
+        });
+        let injected = injection(pod, "native");
+        let ops = of(&injected);
+        assert_eq!(
+            shape(&ops),
+            [
+                "replace /spec/volumes",
+                "replace /spec/initContainers",
+                "add /metadata/annotations/sidemount.io~1injected"
+            ]
+        );
+        assert_eq!(ops[1].value.as_array().map(Vec::len), Some(1));
+
+        let pod = json!({ "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } }, "spec": { "containers": [] } });
+        let injected = injection(pod, "native");
+        let ops = of(&injected);
+        assert_eq!(
+            shape(&ops),
+            ["add /spec/volumes", "add /spec/initContainers", "add /metadata/annotations/sidemount.io~1injected"]
+        );
+        assert_eq!(ops[2].value, &json!(inject::VERSION));
+    }
+
+    #[test]
+    fn escapes_tokens() {
+        let mut path = String::from("/a");
+        push_token(&mut path, "b~c/d");
+        assert_eq!(path, "/a/b~0c~1d");
+        assert!(INJECTED_ANNOTATION.contains('/'));
     }
 }
