@@ -36,6 +36,7 @@ use serde_json::{json, Map, Value};
 use crate::settings::{Mode, Settings};
 use crate::spec::{Invalid, RawVolume};
 use annotations::{annotation_volumes, check_unique, has_driver_flexvolume, has_inject_label, Annotations};
+pub use container::Sidecar;
 use container::{checked_sidecar, sidecar_position};
 pub use pod::root_volume;
 use pod::{check_start_order, mount_from_root, raise_grace_period, subpath_warnings};
@@ -136,13 +137,51 @@ pub enum Edit {
 }
 
 /// A pod injected in place, and the members of it that injection set: the
-/// webhook's JSON Patch is written from these, `sidemount inject` writes the pod.
+/// webhook's JSON Patch is written from these, `sidemount inject` writes the pod
+/// ([`Injection::into_pod`]).
 #[derive(Debug)]
 pub struct Injection {
-    pub pod: Value,
+    /// The pod, injected but for the sidecar, whose place is `changes.sidecar`.
+    pod: Value,
+    sidecar: Sidecar,
     /// What was dropped on the way.
     pub warnings: Vec<String>,
     pub changes: Changes,
+}
+
+impl Injection {
+    /// The pod as injected, but for the sidecar: at `changes.sidecar`, the
+    /// lists hold the containers that were there.
+    pub fn pod_but_sidecar(&self) -> &Value {
+        &self.pod
+    }
+
+    pub fn sidecar(&self) -> &Sidecar {
+        &self.sidecar
+    }
+
+    /// The injected pod, its sidecar in its place.
+    pub fn into_pod(self) -> Value {
+        let Injection { mut pod, sidecar, changes, .. } = self;
+        let Placed { list, at, .. } = changes.sidecar;
+        let spec = pod.get_mut("spec").and_then(Value::as_object_mut).expect("injection found a spec map");
+        let sidecar = sidecar.value().clone();
+        if let Some(Value::Array(items)) = spec.get_mut(list.key()) {
+            items.insert(at, sidecar);
+        } else if list == List::InitContainers && !spec.contains_key(list.key()) && spec.contains_key("containers") {
+            // A new list goes before `containers`, where a reader of the YAML looks for it.
+            let mut init_containers = Some(json!([sidecar]));
+            for (key, value) in std::mem::take(spec) {
+                if key == "containers" {
+                    spec.insert(list.key().into(), init_containers.take().expect("one `containers` key"));
+                }
+                spec.insert(key, value);
+            }
+        } else {
+            spec.insert(list.key().into(), json!([sidecar]));
+        }
+        pod
+    }
 }
 
 /// The members of a pod that injection set, each whole; nothing else in the pod
@@ -153,9 +192,9 @@ pub struct Changes {
     /// `spec.volumes`, always set: the root volume is added.
     pub volumes_had: bool,
     /// The containers whose `volumeMounts` list was rewritten, by list and by
-    /// their index before the sidecar went in.
+    /// their index before the sidecar goes in.
     pub mounts: Vec<(List, usize)>,
-    /// Where the sidecar went.
+    /// Where the sidecar goes.
     pub sidecar: Placed,
     /// `spec.terminationGracePeriodSeconds`, when it was raised.
     pub grace_had: Option<bool>,
@@ -182,8 +221,9 @@ impl List {
     }
 }
 
-/// Where the sidecar went: its list, its index there, and what the list was
-/// before: when it was no list, it was set whole, to `[sidecar]`.
+/// Where the sidecar goes: its list, its index there (the containers from
+/// that index on move one further), and what the list was before: when it was
+/// no list, it is set whole, to `[sidecar]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
     pub list: List,
@@ -248,8 +288,9 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         Asked::Nothing => Ok(Outcome::NotRequested),
         Asked::AlreadyInjected => Ok(Outcome::AlreadyInjected),
         Asked::Inject(request) => {
-            let Injection { pod, warnings, .. } = apply(request, template.clone(), config)?;
-            Ok(Outcome::Injected { pod, warnings })
+            let mut injection = apply(request, template.clone(), config)?;
+            let warnings = std::mem::take(&mut injection.warnings);
+            Ok(Outcome::Injected { pod: injection.into_pod(), warnings })
         }
     }
 }
@@ -394,28 +435,17 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
         }
     }
 
-    let (list, into) = match mode {
-        Mode::Native => (List::InitContainers, &mut init_containers),
-        Mode::Legacy => (List::Containers, &mut containers),
+    // The sidecar's place; it goes in when the pod is written whole (`into_pod`).
+    let list = match mode {
+        Mode::Native => List::InitContainers,
+        Mode::Legacy => List::Containers,
     };
-    let at = sidecar_position(into);
-    into.insert(at, sidecar);
-    let sidecar = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
+    let at = sidecar_position(if list == List::InitContainers { &init_containers } else { &containers });
+    let placed = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
 
     set_list(spec, "volumes", pod_volumes);
     set_list(spec, "containers", containers);
-    if !init_containers.is_empty() && !spec.contains_key("initContainers") && spec.contains_key("containers") {
-        // A new list goes before `containers`, where a reader of the YAML looks for it.
-        let mut init_containers = Some(Value::Array(init_containers));
-        for (key, value) in std::mem::take(spec) {
-            if key == "containers" {
-                spec.insert("initContainers".into(), init_containers.take().expect("one `containers` key"));
-            }
-            spec.insert(key, value);
-        }
-    } else {
-        set_list(spec, "initContainers", init_containers);
-    }
+    set_list(spec, "initContainers", init_containers);
 
     let grace_had = spec.contains_key("terminationGracePeriodSeconds");
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
@@ -435,8 +465,9 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     }
     let had = annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into())).is_some();
     annotation_keys.push((INJECTED_ANNOTATION, had));
-    let changes = Changes { volumes_had, mounts, sidecar, grace_had, annotations: annotations_were, annotation_keys };
-    Ok(Injection { pod, warnings, changes })
+    let changes =
+        Changes { volumes_had, mounts, sidecar: placed, grace_had, annotations: annotations_were, annotation_keys };
+    Ok(Injection { pod, sidecar, warnings, changes })
 }
 
 /// What a member was before injection set it: absent, of the shape injection

@@ -4,16 +4,28 @@
 //! copied nor compared.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::inject::{Injection, Was};
 
-/// One patch operation; its value is borrowed from the injected pod.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One patch operation; its value is borrowed from the injected pod, or is the
+/// sidecar as the JSON it was written to when it was built.
+#[derive(Debug, Clone, Serialize)]
 pub struct Operation<'a> {
     pub op: Op,
     pub path: String,
-    pub value: &'a Value,
+    pub value: Member<'a>,
+}
+
+/// What an operation sets.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Member<'a> {
+    Pod(&'a Value),
+    Sidecar(&'a RawValue),
+    /// A list of the sidecar alone.
+    SidecarList([&'a RawValue; 1]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,33 +52,29 @@ impl Op {
 /// containers' `volumeMounts` are replaced at theirs) and for the annotations of
 /// a pod that had some (each key is added).
 pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
-    let Injection { pod, changes, .. } = injection;
+    let (pod, changes) = (injection.pod_but_sidecar(), &injection.changes);
     let spec = &pod["spec"];
+    let set = |had: bool, path: String, value| Operation { op: Op::setting(had), path, value: Member::Pod(value) };
     let mut ops = Vec::with_capacity(4 + changes.mounts.len());
-    ops.push(Operation { op: Op::setting(changes.volumes_had), path: "/spec/volumes".into(), value: &spec["volumes"] });
-    let placed = changes.sidecar;
+    ops.push(set(changes.volumes_had, "/spec/volumes".into(), &spec["volumes"]));
+    // At the indices the containers have before the sidecar goes in.
     for &(list, i) in &changes.mounts {
-        // Where the container is now: one further if the sidecar went in before it.
-        let now = if list == placed.list && i >= placed.at { i + 1 } else { i };
-        ops.push(Operation {
-            op: Op::Replace,
-            path: format!("/spec/{}/{i}/volumeMounts", list.key()),
-            value: &spec[list.key()][now]["volumeMounts"],
-        });
+        ops.push(set(true, format!("/spec/{}/{i}/volumeMounts", list.key()), &spec[list.key()][i]["volumeMounts"]));
     }
-    let key = placed.list.key();
+    let placed = changes.sidecar;
+    let (key, sidecar) = (placed.list.key(), injection.sidecar().json());
     ops.push(match placed.list_was {
         Was::Extended => {
-            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: &spec[key][placed.at] }
+            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: Member::Sidecar(sidecar) }
         }
-        was => Operation { op: Op::setting(was == Was::Other), path: format!("/spec/{key}"), value: &spec[key] },
+        was => Operation {
+            op: Op::setting(was == Was::Other),
+            path: format!("/spec/{key}"),
+            value: Member::SidecarList([sidecar]),
+        },
     });
     if let Some(had) = changes.grace_had {
-        ops.push(Operation {
-            op: Op::setting(had),
-            path: "/spec/terminationGracePeriodSeconds".into(),
-            value: &spec["terminationGracePeriodSeconds"],
-        });
+        ops.push(set(had, "/spec/terminationGracePeriodSeconds".into(), &spec["terminationGracePeriodSeconds"]));
     }
     let annotations = &pod["metadata"]["annotations"];
     match changes.annotations {
@@ -74,14 +82,10 @@ pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
             for &(key, had) in &changes.annotation_keys {
                 let mut path = String::from("/metadata/annotations");
                 push_token(&mut path, key);
-                ops.push(Operation { op: Op::setting(had), path, value: &annotations[key] });
+                ops.push(set(had, path, &annotations[key]));
             }
         }
-        was => ops.push(Operation {
-            op: Op::setting(was == Was::Other),
-            path: "/metadata/annotations".into(),
-            value: annotations,
-        }),
+        was => ops.push(set(was == Was::Other, "/metadata/annotations".into(), annotations)),
     }
     ops
 }
@@ -149,10 +153,13 @@ mod tests {
                 "add /metadata/annotations/sidemount.io~1injected",
             ]
         );
-        let spec = &injected.pod["spec"];
-        assert_eq!(ops[1].value, &spec["containers"][2]["volumeMounts"]);
-        assert_eq!(ops[2].value["name"], "sidemount");
-        assert_eq!(ops[5].value, &json!(inject::VERSION));
+        let values: Vec<Value> = ops.iter().map(|op| serde_json::to_value(&op.value).unwrap()).collect();
+        drop(ops);
+        let pod = injected.into_pod();
+        assert_eq!(values[1], pod["spec"]["containers"][2]["volumeMounts"]);
+        assert_eq!(values[2], pod["spec"]["containers"][1]);
+        assert_eq!(values[2]["name"], "sidemount");
+        assert_eq!(values[5], json!(inject::VERSION));
     }
 
     #[test]
@@ -171,7 +178,8 @@ mod tests {
                 "add /metadata/annotations/sidemount.io~1injected"
             ]
         );
-        assert_eq!(ops[1].value.as_array().map(Vec::len), Some(1));
+        let list = serde_json::to_value(&ops[1].value).unwrap();
+        assert_eq!(list, json!([injected.sidecar().value()]));
 
         let pod = json!({ "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } }, "spec": { "containers": [] } });
         let injected = injection(pod, "native");
@@ -180,7 +188,7 @@ mod tests {
             shape(&ops),
             ["add /spec/volumes", "add /spec/initContainers", "add /metadata/annotations/sidemount.io~1injected"]
         );
-        assert_eq!(ops[2].value, &json!(inject::VERSION));
+        assert_eq!(serde_json::to_value(&ops[2].value).unwrap(), json!(inject::VERSION));
     }
 
     #[test]
