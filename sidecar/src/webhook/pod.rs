@@ -1,20 +1,23 @@
 //! The pod of an AdmissionReview, reduced to what injection reads and writes.
 //!
-//! Injection (`inject::inject`) looks at `metadata.annotations` and
+//! Injection (`inject::edit`) looks at `metadata.annotations` and
 //! `metadata.labels`, and at `spec.volumes`, `spec.containers`,
 //! `spec.initContainers`, `spec.securityContext` and
-//! `spec.terminationGracePeriodSeconds`; the review's log line names the pod by
-//! `metadata.name`, `generateName` and `namespace`. Everything else in a pod
-//! (its status, tolerations, affinity, managed fields…) is skipped while
-//! parsing, not built into a tree: less is parsed, copied, compared and freed.
+//! `spec.terminationGracePeriodSeconds`, and of each container at its `name`,
+//! `volumeMounts`, `volumeDevices`, `restartPolicy` and `securityContext`; the
+//! review's log line names the pod by `metadata.name`, `generateName` and
+//! `namespace`. Everything else in a pod (its status, tolerations, affinity,
+//! managed fields, each container's image, ports, probes…) is skipped while
+//! parsing, not built into a tree: less is parsed and freed.
 //!
 //! A patch computed on the reduced pod applies to the whole pod: every path it
-//! names lies within the kept fields, which are kept whole, and injection adds
-//! no key outside them. `tests/webhook_patch.rs` checks this on every fixture.
+//! names lies within the kept fields, which are kept whole (a container list
+//! keeps every container, at its index), and injection adds no key outside
+//! them. `tests/webhook_patch.rs` checks this on every fixture.
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -24,6 +27,8 @@ use serde_json::{Map, Value};
 enum Keep {
     Whole,
     Only(&'static [(&'static str, Keep)]),
+    /// A list (or `null`) whose every item is kept so.
+    Each(&'static Keep),
 }
 
 const POD: Keep = Keep::Only(&[("metadata", METADATA), ("spec", SPEC)]);
@@ -36,15 +41,23 @@ const METADATA: Keep = Keep::Only(&[
 ]);
 const SPEC: Keep = Keep::Only(&[
     ("volumes", Keep::Whole),
-    ("initContainers", Keep::Whole),
-    ("containers", Keep::Whole),
+    ("initContainers", Keep::Each(&CONTAINER)),
+    ("containers", Keep::Each(&CONTAINER)),
     ("securityContext", Keep::Whole),
     ("terminationGracePeriodSeconds", Keep::Whole),
 ]);
+const CONTAINER: Keep = Keep::Only(&[
+    ("name", Keep::Whole),
+    ("volumeMounts", Keep::Whole),
+    ("volumeDevices", Keep::Whole),
+    ("restartPolicy", Keep::Whole),
+    ("securityContext", Keep::Whole),
+]);
 
 /// A pod with only the fields injection reads and writes, in the order the
-/// request gives them. A pod whose `metadata` or `spec` is not an object does
-/// not parse as one: the caller then reads the whole pod.
+/// request gives them. A pod whose `metadata` or `spec` is not an object, or
+/// whose container lists are not lists of objects, does not parse as one: the
+/// caller then reads the whole pod.
 #[derive(Debug)]
 pub struct Reduced(pub Value);
 
@@ -63,6 +76,7 @@ impl<'de> DeserializeSeed<'de> for Filter {
         match self.0 {
             Keep::Whole => Value::deserialize(deserializer),
             Keep::Only(_) => deserializer.deserialize_map(self),
+            Keep::Each(_) => deserializer.deserialize_any(self),
         }
     }
 }
@@ -71,11 +85,27 @@ impl<'de> Visitor<'de> for Filter {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
+        f.write_str(if matches!(self.0, Keep::Each(_)) { "a list of objects" } else { "an object" })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        match self.0 {
+            Keep::Each(_) => Ok(Value::Null),
+            _ => Err(E::invalid_type(Unexpected::Unit, &self)),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let Keep::Each(each) = self.0 else { return Err(de::Error::invalid_type(Unexpected::Seq, &self)) };
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Filter(each))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Keep::Only(keys) = self.0 else { unreachable!("a whole value is not visited as a map") };
+        let Keep::Only(keys) = self.0 else { return Err(de::Error::invalid_type(Unexpected::Map, &self)) };
         let mut kept = Map::new();
         while let Some(found) = map.next_key_seed(Key(keys))? {
             match found {
@@ -125,24 +155,53 @@ mod tests {
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "p", "uid": "x", "managedFields": [{ "a": 1 }], "annotations": { "k": "v" }, "labels": {} },
-            "spec": { "tolerations": [{ "key": "t" }], "containers": [{ "name": "a", "ports": [1] }], "volumes": null,
+            "spec": { "tolerations": [{ "key": "t" }], "containers": [{ "name": "a", "ports": [1], "volumeMounts": [{ "x": 1 }] }], "volumes": null,
                       "securityContext": { "runAsUser": 1 }, "nodeName": "n" },
             "status": {},
         });
         let Reduced(reduced) = serde_json::from_value(pod).unwrap();
         assert_eq!(
             serde_json::to_string(&reduced).unwrap(),
-            r#"{"metadata":{"name":"p","annotations":{"k":"v"},"labels":{}},"spec":{"containers":[{"name":"a","ports":[1]}],"volumes":null,"securityContext":{"runAsUser":1}}}"#
+            r#"{"metadata":{"name":"p","annotations":{"k":"v"},"labels":{}},"spec":{"containers":[{"name":"a","volumeMounts":[{"x":1}]}],"volumes":null,"securityContext":{"runAsUser":1}}}"#
         );
         // An escaped key is still recognised; a repeated one keeps its last value.
         let Reduced(reduced) =
-            serde_json::from_str(r#"{"sp\u0065c":{"containers":[1],"containers":[2]},"metadata":{}}"#).unwrap();
-        assert_eq!(reduced, json!({ "spec": { "containers": [2] }, "metadata": {} }));
+            serde_json::from_str(r#"{"sp\u0065c":{"containers":[{"name":"a"}],"containers":[{}]},"metadata":{}}"#)
+                .unwrap();
+        assert_eq!(reduced, json!({ "spec": { "containers": [{}] }, "metadata": {} }));
+        let Reduced(reduced) =
+            serde_json::from_str(r#"{"sp\u0065c":{"containers":[{"image":"x"}],"containers":[{"na\u006de":"b"}]}}"#)
+                .unwrap();
+        assert_eq!(reduced, json!({ "spec": { "containers": [{ "name": "b" }] } }));
+    }
+
+    #[test]
+    fn keeps_what_injection_reads_of_each_container_at_its_index() {
+        let container = json!({ "name": "a", "image": "x", "ports": [{ "containerPort": 80 }], "volumeMounts": [{ "name": "d" }],
+                                "volumeDevices": [], "restartPolicy": "Always", "securityContext": { "runAsUser": 1 }, "env": [] });
+        let pod = json!({ "spec": { "initContainers": null, "containers": [container, { "image": "y" }] } });
+        let Reduced(reduced) = serde_json::from_value(pod).unwrap();
+        assert_eq!(
+            reduced,
+            json!({ "spec": { "initContainers": null, "containers": [
+                { "name": "a", "volumeMounts": [{ "name": "d" }], "volumeDevices": [], "restartPolicy": "Always",
+                  "securityContext": { "runAsUser": 1 } },
+                {},
+            ] } })
+        );
     }
 
     #[test]
     fn a_pod_of_the_wrong_shape_does_not_parse_as_reduced() {
-        for pod in [json!({ "spec": "x" }), json!({ "metadata": null }), json!([1])] {
+        for pod in [
+            json!({ "spec": "x" }),
+            json!({ "metadata": null }),
+            json!([1]),
+            json!({ "spec": { "containers": [1] } }),
+            json!({ "spec": { "containers": [null] } }),
+            json!({ "spec": { "initContainers": { "name": "a" } } }),
+            json!({ "spec": { "containers": "a" } }),
+        ] {
             assert!(serde_json::from_value::<Reduced>(pod.clone()).is_err(), "{pod}");
         }
     }
