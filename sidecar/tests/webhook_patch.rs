@@ -158,6 +158,13 @@ fn the_patch_gives_the_injected_pod_whatever_the_pod_lacks_or_orders() {
                 "containers": [proxy, app, { "name": "b", "image": "x" }, app] } }),
         ),
         (
+            "placeholders among volumes",
+            json!({ "metadata": { "annotations": { inject::VOLUMES_ANNOTATION: format!("{FUSE}\n- {{name: logs, type: zfs, dataset: p/l}}") } },
+                    "spec": { "volumes": [{ "name": "logs", "emptyDir": {} }, { "name": "other", "emptyDir": {} },
+                                          { "name": "data", "emptyDir": {} }, { "name": "last", "emptyDir": {} }],
+                              "containers": [app] } }),
+        ),
+        (
             "containers after istio-proxy",
             json!({ "metadata": annotated, "spec": { "containers": [proxy, app, { "name": "b", "image": "x" }, app] } }),
         ),

@@ -126,6 +126,8 @@ pub enum Outcome {
 }
 
 /// What injection did with a pod given to it to edit ([`edit`]).
+// Returned once and matched at once: a box would be one more allocation per review.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Edit {
     /// The pod, injected in place, with what changed in it.
@@ -189,8 +191,12 @@ impl Injection {
 /// value (`null` included): it was then replaced, else added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
-    /// `spec.volumes`, always set: the root volume is added.
-    pub volumes_had: bool,
+    /// `spec.volumes`: when it was a list, `volumes_removed` (their indices in
+    /// it) were taken out and the last `volumes_added` of the list now
+    /// appended; else it was set whole.
+    pub volumes: Was,
+    pub volumes_removed: Vec<usize>,
+    pub volumes_added: usize,
     /// The containers whose `volumeMounts` list was rewritten, by list and by
     /// their index before the sidecar goes in.
     pub mounts: Vec<(List, usize)>,
@@ -355,7 +361,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     let Request { volumes_text, convert, mode, resources } = request;
     let volumes_text = volumes_text.as_deref();
     let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
-    let volumes_had = spec.contains_key("volumes");
+    let volumes = was(spec.get("volumes"), Value::is_array);
     let mut pod_volumes = list(spec, "spec", "volumes")?;
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
@@ -417,12 +423,16 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     // The pod's volumes: the emptyDir each served volume had as a placeholder
     // gives way to the one root volume (every mount of it becomes a directory of
     // the root below); each Secret is one more volume.
-    pod_volumes.retain(|v| !name_of(v).is_some_and(|name| names.contains(&name)));
+    let replaced = |v: &Value| name_of(v).is_some_and(|name| names.contains(&name));
+    let volumes_removed: Vec<usize> = (0..pod_volumes.len()).filter(|&j| replaced(&pod_volumes[j])).collect();
+    pod_volumes.retain(|v| !replaced(v));
+    let kept = pod_volumes.len();
     pod_volumes.push(root_volume());
     for mount in &secret_mounts {
         let secret = json!({ "secretName": mount.secret, "defaultMode": SECRET_FILE_MODE });
         pod_volumes.push(json!({ "name": mount.pod_volume, "secret": secret }));
     }
+    let volumes_added = pod_volumes.len() - kept;
 
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
     check_start_order(&init_containers, &containers, mode, &names)?;
@@ -465,8 +475,16 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     }
     let had = annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into())).is_some();
     annotation_keys.push((INJECTED_ANNOTATION, had));
-    let changes =
-        Changes { volumes_had, mounts, sidecar: placed, grace_had, annotations: annotations_were, annotation_keys };
+    let changes = Changes {
+        volumes,
+        volumes_removed,
+        volumes_added,
+        mounts,
+        sidecar: placed,
+        grace_had,
+        annotations: annotations_were,
+        annotation_keys,
+    };
     Ok(Injection { pod, sidecar, warnings, changes })
 }
 

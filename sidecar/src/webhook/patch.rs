@@ -15,7 +15,9 @@ use crate::inject::{Injection, Was};
 pub struct Operation<'a> {
     pub op: Op,
     pub path: String,
-    pub value: Member<'a>,
+    /// None for a `remove`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Member<'a>>,
 }
 
 /// What an operation sets.
@@ -32,6 +34,7 @@ pub enum Member<'a> {
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     Add,
+    Remove,
     Replace,
 }
 
@@ -47,16 +50,32 @@ impl Op {
 }
 
 /// The operations that turn the pod injection was given into the injected pod,
-/// in the order they apply: each member injection set is set whole, but for a
-/// container list the sidecar joined (it is added at its index, after the
-/// containers' `volumeMounts` are replaced at theirs) and for the annotations of
-/// a pod that had some (each key is added).
+/// in the order they apply. A member injection set is set whole, but for three
+/// that it extends: the volumes of a pod that had a list of them (each
+/// placeholder is removed, each new volume appended), the container list the
+/// sidecar joins (it is added at its index, after the containers' `volumeMounts`
+/// are replaced at theirs) and the annotations of a pod that had some (each
+/// key is added).
 pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
     let (pod, changes) = (injection.pod_but_sidecar(), &injection.changes);
     let spec = &pod["spec"];
-    let set = |had: bool, path: String, value| Operation { op: Op::setting(had), path, value: Member::Pod(value) };
-    let mut ops = Vec::with_capacity(4 + changes.mounts.len());
-    ops.push(set(changes.volumes_had, "/spec/volumes".into(), &spec["volumes"]));
+    let set =
+        |had: bool, path: String, value| Operation { op: Op::setting(had), path, value: Some(Member::Pod(value)) };
+    let mut ops = Vec::with_capacity(8 + changes.mounts.len());
+    match changes.volumes {
+        // The volumes it had stay, as they were, but for the placeholders taken
+        // out (last first, so that each index is still the one it was).
+        Was::Extended => {
+            for j in changes.volumes_removed.iter().rev() {
+                ops.push(Operation { op: Op::Remove, path: format!("/spec/volumes/{j}"), value: None });
+            }
+            let volumes = spec["volumes"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for volume in &volumes[volumes.len() - changes.volumes_added..] {
+                ops.push(Operation { op: Op::Add, path: "/spec/volumes/-".into(), value: Some(Member::Pod(volume)) });
+            }
+        }
+        was => ops.push(set(was == Was::Other, "/spec/volumes".into(), &spec["volumes"])),
+    }
     // At the indices the containers have before the sidecar goes in.
     for &(list, i) in &changes.mounts {
         ops.push(set(true, format!("/spec/{}/{i}/volumeMounts", list.key()), &spec[list.key()][i]["volumeMounts"]));
@@ -65,12 +84,12 @@ pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
     let (key, sidecar) = (placed.list.key(), injection.sidecar().json());
     ops.push(match placed.list_was {
         Was::Extended => {
-            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: Member::Sidecar(sidecar) }
+            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: Some(Member::Sidecar(sidecar)) }
         }
         was => Operation {
             op: Op::setting(was == Was::Other),
             path: format!("/spec/{key}"),
-            value: Member::SidecarList([sidecar]),
+            value: Some(Member::SidecarList([sidecar])),
         },
     });
     if let Some(had) = changes.grace_had {
@@ -131,6 +150,7 @@ mod tests {
         let pod = json!({
             "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE, ORIGINAL_GRACE_ANNOTATION: "old" } },
             "spec": {
+                "volumes": [{ "name": "data", "emptyDir": {} }, { "name": "o", "emptyDir": {} }, { "name": "data" }],
                 "containers": [
                     { "name": "istio-proxy", "image": "i" },
                     { "name": "a", "image": "x", "volumeMounts": mount },
@@ -145,7 +165,9 @@ mod tests {
         assert_eq!(
             shape(&ops),
             [
-                "add /spec/volumes",
+                "remove /spec/volumes/2",
+                "remove /spec/volumes/0",
+                "add /spec/volumes/-",
                 "replace /spec/containers/1/volumeMounts",
                 "add /spec/containers/1",
                 "replace /spec/terminationGracePeriodSeconds",
@@ -156,10 +178,13 @@ mod tests {
         let values: Vec<Value> = ops.iter().map(|op| serde_json::to_value(&op.value).unwrap()).collect();
         drop(ops);
         let pod = injected.into_pod();
-        assert_eq!(values[1], pod["spec"]["containers"][2]["volumeMounts"]);
-        assert_eq!(values[2], pod["spec"]["containers"][1]);
-        assert_eq!(values[2]["name"], "sidemount");
-        assert_eq!(values[5], json!(inject::VERSION));
+        assert_eq!(values[0], Value::Null);
+        assert_eq!(values[2], inject::root_volume());
+        assert_eq!(pod["spec"]["volumes"], json!([{ "name": "o", "emptyDir": {} }, inject::root_volume()]));
+        assert_eq!(values[3], pod["spec"]["containers"][2]["volumeMounts"]);
+        assert_eq!(values[4], pod["spec"]["containers"][1]);
+        assert_eq!(values[4]["name"], "sidemount");
+        assert_eq!(values[7], json!(inject::VERSION));
     }
 
     #[test]
