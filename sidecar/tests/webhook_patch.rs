@@ -98,13 +98,17 @@ fn the_patch_gives_the_injected_pod_for_every_admission_fixture() {
 
 /// Reviews `pod` as a pod CREATE in a review of its own.
 fn check_pod(what: &str, pod: &Value, config: &Config) -> bool {
-    let body = serde_json::to_vec(&json!({
+    check(what, &review_of(pod), pod, config)
+}
+
+/// A pod CREATE review of `pod`.
+fn review_of(pod: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": { "uid": "u", "kind": { "group": "", "version": "v1", "kind": "Pod" },
                      "operation": "CREATE", "namespace": "ns", "object": pod }
     }))
-    .unwrap();
-    check(what, &body, pod, config)
+    .unwrap()
 }
 
 #[test]
@@ -178,6 +182,17 @@ fn the_patch_gives_the_injected_pod_whatever_the_pod_lacks_or_orders() {
             assert!(injected || config.mode == Mode::Legacy, "{what}: not injected");
         }
     }
+}
+
+#[test]
+fn a_denial_that_names_a_volume_is_the_same_from_the_reduced_pod() {
+    // The webhook reads of a volume only what injection reads, and the names of its other keys.
+    let pod = json!({ "metadata": { "annotations": { inject::VOLUMES_ANNOTATION: "- {name: data, type: zfs, dataset: p/d}" } },
+                      "spec": { "volumes": [{ "name": "data", "hostPath": { "path": "/srv" } }], "containers": [] } });
+    assert!(!check_pod("a hostPath in the way", &pod, &config(Mode::Native)));
+    let reviewed = admission::review(&review_of(&pod), &config(Mode::Native)).unwrap();
+    let Verdict::Denied(message) = reviewed.verdict else { panic!("{:?}", reviewed.verdict) };
+    assert!(message.contains("is a hostPath volume"), "{message}");
 }
 
 /// The pods of a manifest: each Pod, and the pod template of each workload.
