@@ -25,8 +25,11 @@ fn apply(pod: &mut Value, patch: &[Value]) {
         let target = pod.pointer_mut(parent).unwrap_or_else(|| panic!("{op}: {parent:?} is not in the pod"));
         match (op["op"].as_str(), target) {
             (Some("add" | "replace"), Value::Object(map)) => {
+                // RFC 6902 lets `add` replace a member; the webhook says which it does.
                 if op["op"] == "replace" {
                     assert!(map.contains_key(&last), "{op}: replaces what is not there");
+                } else {
+                    assert!(!map.contains_key(&last), "{op}: adds what is there: a replace");
                 }
                 map.insert(last, op["value"].clone());
             }
@@ -46,13 +49,13 @@ fn apply(pod: &mut Value, patch: &[Value]) {
     }
 }
 
-/// Reviews `pod` as a pod CREATE; checks the answer against injection of the whole pod.
-fn check(what: &str, body: &[u8], pod: &Value, mode: Mode) {
-    let config = config(mode);
-    let reviewed = admission::review(body, &config).unwrap_or_else(|e| panic!("{what}: {e}"));
+/// Reviews `pod` as a pod CREATE; checks the answer against injection of the
+/// whole pod. Says whether the pod was injected.
+fn check(what: &str, body: &[u8], pod: &Value, config: &Config) -> bool {
+    let reviewed = admission::review(body, config).unwrap_or_else(|e| panic!("{what}: {e}"));
     let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
     let response = &answer["response"];
-    match inject::inject(pod, &config) {
+    match inject::inject(pod, config) {
         Ok(Outcome::Injected { pod: injected, warnings }) => {
             assert!(matches!(reviewed.verdict, Verdict::Injected { .. }), "{what}: {:?}", reviewed.verdict);
             let patch = base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().unwrap()).unwrap();
@@ -61,14 +64,17 @@ fn check(what: &str, body: &[u8], pod: &Value, mode: Mode) {
             apply(&mut patched, &patch);
             assert_eq!(patched, injected, "{what}: the patched pod is not the injected pod; the patch: {patch:?}");
             assert_eq!(response["warnings"], if warnings.is_empty() { Value::Null } else { json!(warnings) });
+            true
         }
         Ok(_) => {
             assert!(matches!(reviewed.verdict, Verdict::Unchanged(_)), "{what}: {:?}", reviewed.verdict);
             assert_eq!(response["allowed"], true, "{what}");
             assert!(response.get("patch").is_none(), "{what}: {response}");
+            false
         }
         Err(err) => {
             assert_eq!(reviewed.verdict, Verdict::Denied(err.to_string()), "{what}");
+            false
         }
     }
 }
@@ -84,10 +90,109 @@ fn the_patch_gives_the_injected_pod_for_every_admission_fixture() {
         }
         let body = std::fs::read(&path).unwrap();
         let request: Value = serde_json::from_slice(&body).unwrap();
-        check(&path.display().to_string(), &body, &request["request"]["object"], Mode::Native);
+        let _ = check(&path.display().to_string(), &body, &request["request"]["object"], &config(Mode::Native));
         checked += 1;
     }
     assert_eq!(checked, 9, "every admission fixture is checked (one added or removed: update the count)");
+}
+
+/// Reviews `pod` as a pod CREATE in a review of its own.
+fn check_pod(what: &str, pod: &Value, config: &Config) -> bool {
+    check(what, &review_of(pod), pod, config)
+}
+
+/// A pod CREATE review of `pod`.
+fn review_of(pod: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": { "uid": "u", "kind": { "group": "", "version": "v1", "kind": "Pod" },
+                     "operation": "CREATE", "namespace": "ns", "object": pod }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_patch_gives_the_injected_pod_whatever_the_pod_lacks_or_orders() {
+    const FUSE: &str = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}";
+    let mounts = json!([{ "name": "data", "mountPath": "/d" }, { "name": "other", "mountPath": "/o" }]);
+    let app = json!({ "name": "app", "image": "x", "volumeMounts": mounts });
+    let proxy = json!({ "name": inject::ISTIO_PROXY, "image": "istio", "restartPolicy": "Always" });
+    let flex = json!({ "name": "data", "flexVolume": { "driver": "altalang/ofs", "secretRef": { "name": "s" },
+                                                          "options": { "networkPath": "s3://b" } } });
+    let labelled = |annotations: Option<Value>| {
+        let mut metadata = json!({ "name": "p", "labels": { inject::INJECT_LABEL: "true" } });
+        if let Some(annotations) = annotations {
+            metadata["annotations"] = annotations;
+        }
+        metadata
+    };
+    let annotated = json!({ "name": "p", "annotations": { inject::VOLUMES_ANNOTATION: FUSE } });
+    let cases = [
+        // No list of volumes, init containers or annotations; lists and maps that are null.
+        ("no lists", json!({ "metadata": annotated, "spec": { "containers": [app] } })),
+        (
+            "null lists",
+            json!({ "metadata": annotated, "spec": { "volumes": null, "initContainers": null, "containers": [app] } }),
+        ),
+        ("no annotations", json!({ "metadata": labelled(None), "spec": { "volumes": [flex], "containers": [app] } })),
+        (
+            "null annotations",
+            json!({ "spec": { "containers": [app], "volumes": [flex] }, "metadata": labelled(Some(Value::Null)) }),
+        ),
+        (
+            "empty annotations",
+            json!({ "metadata": labelled(Some(json!({}))), "spec": { "volumes": [flex], "containers": [app] } }),
+        ),
+        // Keys in another order; the grace period raised, over an annotation of its own.
+        (
+            "odd order",
+            json!({ "spec": { "terminationGracePeriodSeconds": 5, "containers": [app], "volumes": [{ "name": "other", "emptyDir": {} }, { "name": "data", "emptyDir": {} }] },
+                    "metadata": { "annotations": { inject::ORIGINAL_GRACE_ANNOTATION: "7", inject::VOLUMES_ANNOTATION: FUSE }, "name": "p" },
+                    "kind": "Pod" }),
+        ),
+        (
+            "null grace",
+            json!({ "metadata": annotated, "spec": { "containers": [app], "terminationGracePeriodSeconds": null } }),
+        ),
+        // The sidecar goes in before containers that mount the volume, whose index it moves.
+        (
+            "after istio-proxy",
+            json!({ "metadata": annotated, "spec": {
+                "initContainers": [proxy, app, { "name": "late", "image": "x", "volumeMounts": mounts }],
+                "containers": [proxy, app, { "name": "b", "image": "x" }, app] } }),
+        ),
+        (
+            "placeholders among volumes",
+            json!({ "metadata": { "annotations": { inject::VOLUMES_ANNOTATION: format!("{FUSE}\n- {{name: logs, type: zfs, dataset: p/l}}") } },
+                    "spec": { "volumes": [{ "name": "logs", "emptyDir": {} }, { "name": "other", "emptyDir": {} },
+                                          { "name": "data", "emptyDir": {} }, { "name": "last", "emptyDir": {} }],
+                              "containers": [app] } }),
+        ),
+        (
+            "containers after istio-proxy",
+            json!({ "metadata": annotated, "spec": { "containers": [proxy, app, { "name": "b", "image": "x" }, app] } }),
+        ),
+    ];
+    // The grace period raised for every pod by a longer shutdown budget.
+    let longer = Config { shutdown_timeout: Duration::from_secs(100), ..config(Mode::Native) };
+    for (what, pod) in cases {
+        for config in [config(Mode::Native), config(Mode::Legacy), longer.clone()] {
+            let injected = check_pod(&format!("{what} ({config:?})"), &pod, &config);
+            // Only legacy mode refuses an init container that mounts a served volume.
+            assert!(injected || config.mode == Mode::Legacy, "{what}: not injected");
+        }
+    }
+}
+
+#[test]
+fn a_denial_that_names_a_volume_is_the_same_from_the_reduced_pod() {
+    // The webhook reads of a volume only what injection reads, and the names of its other keys.
+    let pod = json!({ "metadata": { "annotations": { inject::VOLUMES_ANNOTATION: "- {name: data, type: zfs, dataset: p/d}" } },
+                      "spec": { "volumes": [{ "name": "data", "hostPath": { "path": "/srv" } }], "containers": [] } });
+    assert!(!check_pod("a hostPath in the way", &pod, &config(Mode::Native)));
+    let reviewed = admission::review(&review_of(&pod), &config(Mode::Native)).unwrap();
+    let Verdict::Denied(message) = reviewed.verdict else { panic!("{:?}", reviewed.verdict) };
+    assert!(message.contains("is a hostPath volume"), "{message}");
 }
 
 /// The pods of a manifest: each Pod, and the pod template of each workload.
@@ -117,7 +222,7 @@ fn the_patch_gives_the_injected_pod_for_every_inject_fixture() {
                              "operation": "CREATE", "namespace": "ns", "object": pod }
             }))
             .unwrap();
-            check(&format!("{} pod {i} ({mode:?})", path.display()), &body, pod, mode);
+            let _ = check(&format!("{} pod {i} ({mode:?})", path.display()), &body, pod, &config(mode));
         }
     }
 }
@@ -132,7 +237,7 @@ fn a_pod_of_an_odd_shape_is_reviewed_whole() {
         "request": { "uid": "u", "kind": { "group": "", "kind": "Pod" }, "operation": "CREATE", "object": pod }
     }))
     .unwrap();
-    check("spec as text", &body, &pod, Mode::Native);
+    assert!(!check("spec as text", &body, &pod, &config(Mode::Native)));
     let reviewed = admission::review(&body, &config(Mode::Native)).unwrap();
     assert_eq!(reviewed.verdict, Verdict::Denied("spec: must be an object".into()));
 }

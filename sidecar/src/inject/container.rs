@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -16,12 +17,31 @@ use crate::settings::Mode;
 use crate::spec::{self, RawVolume};
 
 /// A sidecar built, with everything it was built from.
+#[derive(Debug)]
 pub(super) struct Built {
     served: Vec<RawVolume>,
     mode: Mode,
     resources: Option<Value>,
     config: Config,
     sidecar: Value,
+    /// The sidecar as JSON, as the webhook's patch carries it.
+    json: Box<RawValue>,
+}
+
+/// The sidecar container, as built or as found among those kept: shared, not
+/// copied, until it goes into a pod.
+#[derive(Debug, Clone)]
+pub struct Sidecar(Arc<Built>);
+
+impl Sidecar {
+    pub fn value(&self) -> &Value {
+        &self.0.sidecar
+    }
+
+    /// The container as JSON, written once when it was built.
+    pub fn json(&self) -> &RawValue {
+        &self.0.json
+    }
 }
 
 /// The sidecars built so far, by the hash of what they were built from. Every
@@ -43,7 +63,7 @@ pub(super) fn checked_sidecar(
     mode: Mode,
     resources: Option<Value>,
     config: &Config,
-) -> Result<Value, InjectError> {
+) -> Result<Sidecar, InjectError> {
     // The secret mounts are made from the served volumes: not part of the key.
     let mut hasher = DefaultHasher::new();
     (served, mode, &config.image, config.shutdown_timeout).hash(&mut hasher);
@@ -53,22 +73,22 @@ pub(super) fn checked_sidecar(
     if let Some(built) = found.filter(|built| {
         built.served == served && built.mode == mode && built.resources == resources && built.config == *config
     }) {
-        return Ok(built.sidecar.clone());
+        return Ok(Sidecar(built));
     }
     let specs = sidecar_spec(served);
     crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
     let keep = specs.len() <= BUILT_SPEC_BYTES;
     let sidecar = sidecar(specs, secret_mounts, mode, resources.clone(), config);
+    let json = serde_json::value::to_raw_value(&sidecar).expect("a container serializes");
+    let built = Arc::new(Built { served: served.to_vec(), mode, resources, config: config.clone(), sidecar, json });
     if keep {
-        let built =
-            Built { served: served.to_vec(), mode, resources, config: config.clone(), sidecar: sidecar.clone() };
         let mut cache = cache();
         if cache.len() >= BUILT_ENTRIES {
             cache.clear();
         }
-        cache.insert(key, Arc::new(built));
+        cache.insert(key, Arc::clone(&built));
     }
-    Ok(sidecar)
+    Ok(Sidecar(built))
 }
 
 /// The sidecar's spec, for `SIDEMOUNT_VOLUMES`: the served volumes as JSON, with

@@ -36,6 +36,7 @@ use serde_json::{json, Map, Value};
 use crate::settings::{Mode, Settings};
 use crate::spec::{Invalid, RawVolume};
 use annotations::{annotation_volumes, check_unique, has_driver_flexvolume, has_inject_label, Annotations};
+pub use container::Sidecar;
 use container::{checked_sidecar, sidecar_position};
 pub use pod::root_volume;
 use pod::{check_start_order, mount_from_root, raise_grace_period, subpath_warnings};
@@ -124,6 +125,128 @@ pub enum Outcome {
     AlreadyInjected,
 }
 
+/// What injection did with a pod given to it to edit ([`edit`]).
+// Returned once and matched at once: a box would be one more allocation per review.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Edit {
+    /// The pod, injected in place, with what changed in it.
+    Injected(Injection),
+    /// The pod does not ask for sidemount.
+    NotRequested,
+    /// The pod carries `sidemount.io/injected` already.
+    AlreadyInjected,
+}
+
+/// A pod injected in place, and the members of it that injection set: the
+/// webhook's JSON Patch is written from these, `sidemount inject` writes the pod
+/// ([`Injection::into_pod`]).
+#[derive(Debug)]
+pub struct Injection {
+    /// The pod, injected but for the sidecar, whose place is `changes.sidecar`.
+    pod: Value,
+    sidecar: Sidecar,
+    /// What was dropped on the way.
+    pub warnings: Vec<String>,
+    pub changes: Changes,
+}
+
+impl Injection {
+    /// The pod as injected, but for the sidecar: at `changes.sidecar`, the
+    /// lists hold the containers that were there.
+    pub fn pod_but_sidecar(&self) -> &Value {
+        &self.pod
+    }
+
+    pub fn sidecar(&self) -> &Sidecar {
+        &self.sidecar
+    }
+
+    /// The injected pod, its sidecar in its place.
+    pub fn into_pod(self) -> Value {
+        let Injection { mut pod, sidecar, changes, .. } = self;
+        let Placed { list, at, .. } = changes.sidecar;
+        let spec = pod.get_mut("spec").and_then(Value::as_object_mut).expect("injection found a spec map");
+        let sidecar = sidecar.value().clone();
+        if let Some(Value::Array(items)) = spec.get_mut(list.key()) {
+            items.insert(at, sidecar);
+        } else if list == List::InitContainers && !spec.contains_key(list.key()) && spec.contains_key("containers") {
+            // A new list goes before `containers`, where a reader of the YAML looks for it.
+            let mut init_containers = Some(json!([sidecar]));
+            for (key, value) in std::mem::take(spec) {
+                if key == "containers" {
+                    spec.insert(list.key().into(), init_containers.take().expect("one `containers` key"));
+                }
+                spec.insert(key, value);
+            }
+        } else {
+            spec.insert(list.key().into(), json!([sidecar]));
+        }
+        pod
+    }
+}
+
+/// The members of a pod that injection set, each whole; nothing else in the pod
+/// changed. A `bool` `had` says whether the pod had the member before, as any
+/// value (`null` included): it was then replaced, else added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// `spec.volumes`: when it was a list, `volumes_removed` (their indices in
+    /// it) were taken out and the last `volumes_added` of the list now
+    /// appended; else it was set whole.
+    pub volumes: Was,
+    pub volumes_removed: Vec<usize>,
+    pub volumes_added: usize,
+    /// The containers whose `volumeMounts` list was rewritten, by list and by
+    /// their index before the sidecar goes in.
+    pub mounts: Vec<(List, usize)>,
+    /// Where the sidecar goes.
+    pub sidecar: Placed,
+    /// `spec.terminationGracePeriodSeconds`, when it was raised.
+    pub grace_had: Option<bool>,
+    /// `metadata.annotations`: extended with `annotation_keys` when it was a
+    /// map, else set whole.
+    pub annotations: Was,
+    /// The annotations set, each with whether the pod had it.
+    pub annotation_keys: Vec<(&'static str, bool)>,
+}
+
+/// A container list of the pod spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    InitContainers,
+    Containers,
+}
+
+impl List {
+    pub fn key(self) -> &'static str {
+        match self {
+            List::InitContainers => "initContainers",
+            List::Containers => "containers",
+        }
+    }
+}
+
+/// Where the sidecar goes: its list, its index there (the containers from
+/// that index on move one further), and what the list was before: when it was
+/// no list, it is set whole, to `[sidecar]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub list: List,
+    pub at: usize,
+    pub list_was: Was,
+}
+
+/// What a member of the pod was before injection set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Was {
+    Absent,
+    /// There, as a value of another shape than the one injection extends (`null`, say).
+    Other,
+    /// There, and extended in place.
+    Extended,
+}
+
 /// Why a pod cannot be injected: one variant per step, each message naming the
 /// annotation or field to change.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +290,46 @@ pub enum InjectError {
 /// Injects the sidecar into a pod, or a workload's pod template: `template`
 /// holds `metadata` and `spec`. The input is not changed; an injected copy is returned.
 pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError> {
+    match asked(template, config)? {
+        Asked::Nothing => Ok(Outcome::NotRequested),
+        Asked::AlreadyInjected => Ok(Outcome::AlreadyInjected),
+        Asked::Inject(request) => {
+            let mut injection = apply(request, template.clone(), config)?;
+            let warnings = std::mem::take(&mut injection.warnings);
+            Ok(Outcome::Injected { pod: injection.into_pod(), warnings })
+        }
+    }
+}
+
+/// Injects the sidecar into `pod` itself, as [`inject`] does into its copy, and
+/// says which members of the pod it set: the webhook's patch is those members.
+pub fn edit(pod: Value, config: &Config) -> Result<Edit, InjectError> {
+    match asked(&pod, config)? {
+        Asked::Nothing => Ok(Edit::NotRequested),
+        Asked::AlreadyInjected => Ok(Edit::AlreadyInjected),
+        Asked::Inject(request) => apply(request, pod, config).map(Edit::Injected),
+    }
+}
+
+/// What a pod's `sidemount.io/*` annotations (and labels) ask for.
+enum Asked {
+    Nothing,
+    AlreadyInjected,
+    Inject(Request),
+}
+
+/// A pod's request for injection, read from its annotations.
+struct Request {
+    volumes_text: Option<String>,
+    convert: bool,
+    mode: Mode,
+    resources: Option<Value>,
+}
+
+fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
     let annotations = Annotations::of(template)?;
     if annotations.get(INJECTED_ANNOTATION)?.is_some() {
-        return Ok(Outcome::AlreadyInjected);
+        return Ok(Asked::AlreadyInjected);
     }
     let volumes_text = annotations.get(VOLUMES_ANNOTATION)?;
     let convert = match annotations.get(CONVERT_FLEXVOLUME_ANNOTATION)? {
@@ -184,7 +344,7 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         }
     };
     if volumes_text.is_none() && !convert {
-        return Ok(Outcome::NotRequested);
+        return Ok(Asked::Nothing);
     }
     let mode = match annotations.get(MODE_ANNOTATION)? {
         None => config.mode,
@@ -193,11 +353,16 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
         Some(other) => return Err(InjectError::Mode { value: other.into() }),
     };
     let resources = resources::from_annotations(|name| annotations.get(name))?;
+    Ok(Asked::Inject(Request { volumes_text: volumes_text.map(String::from), convert, mode, resources }))
+}
 
-    let mut pod = template.clone();
+/// The one mutation: injects `pod` as `request` asks, in place.
+fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection, InjectError> {
+    let Request { volumes_text, convert, mode, resources } = request;
+    let volumes_text = volumes_text.as_deref();
     let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
+    let volumes = was(spec.get("volumes"), Value::is_array);
     let mut pod_volumes = list(spec, "spec", "volumes")?;
-
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     // Converted first: the annotation's checks then see the emptyDir that replaced each FlexVolume.
@@ -258,55 +423,79 @@ pub fn inject(template: &Value, config: &Config) -> Result<Outcome, InjectError>
     // The pod's volumes: the emptyDir each served volume had as a placeholder
     // gives way to the one root volume (every mount of it becomes a directory of
     // the root below); each Secret is one more volume.
-    pod_volumes.retain(|v| !name_of(v).is_some_and(|name| names.contains(&name)));
+    let replaced = |v: &Value| name_of(v).is_some_and(|name| names.contains(&name));
+    let volumes_removed: Vec<usize> = (0..pod_volumes.len()).filter(|&j| replaced(&pod_volumes[j])).collect();
+    pod_volumes.retain(|v| !replaced(v));
+    let kept = pod_volumes.len();
     pod_volumes.push(root_volume());
     for mount in &secret_mounts {
         let secret = json!({ "secretName": mount.secret, "defaultMode": SECRET_FILE_MODE });
         pod_volumes.push(json!({ "name": mount.pod_volume, "secret": secret }));
     }
+    let volumes_added = pod_volumes.len() - kept;
 
     warnings.extend(subpath_warnings(&served, &[&init_containers[..], &containers[..]]));
     check_start_order(&init_containers, &containers, mode, &names)?;
-    for (field, containers) in [("spec.initContainers", &mut init_containers), ("spec.containers", &mut containers)] {
+    let mut mounts = Vec::new();
+    for (list, containers) in [(List::InitContainers, &mut init_containers), (List::Containers, &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
-            mount_from_root(container, &names, &format!("{field}[{i}]"))?;
+            if mount_from_root(container, &names, &format!("spec.{}[{i}]", list.key()))? {
+                mounts.push((list, i));
+            }
         }
     }
 
-    let into = match mode {
-        Mode::Native => &mut init_containers,
-        Mode::Legacy => &mut containers,
+    // The sidecar's place; it goes in when the pod is written whole (`into_pod`).
+    let list = match mode {
+        Mode::Native => List::InitContainers,
+        Mode::Legacy => List::Containers,
     };
-    let at = sidecar_position(into);
-    into.insert(at, sidecar);
+    let at = sidecar_position(if list == List::InitContainers { &init_containers } else { &containers });
+    let placed = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
 
     set_list(spec, "volumes", pod_volumes);
     set_list(spec, "containers", containers);
-    if !init_containers.is_empty() && !spec.contains_key("initContainers") && spec.contains_key("containers") {
-        // A new list goes before `containers`, where a reader of the YAML looks for it.
-        let mut init_containers = Some(Value::Array(init_containers));
-        for (key, value) in std::mem::take(spec) {
-            if key == "containers" {
-                spec.insert("initContainers".into(), init_containers.take().expect("one `containers` key"));
-            }
-            spec.insert(key, value);
-        }
-    } else {
-        set_list(spec, "initContainers", init_containers);
-    }
+    set_list(spec, "initContainers", init_containers);
 
+    let grace_had = spec.contains_key("terminationGracePeriodSeconds");
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
+    let grace_had = original_grace.is_some().then_some(grace_had);
     // A pod converted for its label alone may have no annotations yet.
-    let metadata = &mut pod["metadata"];
-    if !metadata["annotations"].is_object() {
-        metadata["annotations"] = json!({});
+    let metadata =
+        pod.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| malformed("metadata", "an object"))?;
+    let annotations_were = was(metadata.get("annotations"), Value::is_object);
+    if annotations_were != Was::Extended {
+        metadata.insert("annotations".into(), Value::Object(Map::new()));
     }
-    let annotations = metadata["annotations"].as_object_mut().expect("made a map above");
+    let annotations = metadata.get_mut("annotations").and_then(Value::as_object_mut).expect("made a map above");
+    let mut annotation_keys = Vec::with_capacity(2);
     if let Some(original) = original_grace {
-        annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original));
+        let had = annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original)).is_some();
+        annotation_keys.push((ORIGINAL_GRACE_ANNOTATION, had));
     }
-    annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into()));
-    Ok(Outcome::Injected { pod, warnings })
+    let had = annotations.insert(INJECTED_ANNOTATION.into(), Value::String(VERSION.into())).is_some();
+    annotation_keys.push((INJECTED_ANNOTATION, had));
+    let changes = Changes {
+        volumes,
+        volumes_removed,
+        volumes_added,
+        mounts,
+        sidecar: placed,
+        grace_had,
+        annotations: annotations_were,
+        annotation_keys,
+    };
+    Ok(Injection { pod, sidecar, warnings, changes })
+}
+
+/// What a member was before injection set it: absent, of the shape injection
+/// extends in place (`extends`), or another value (`null`, say) that it replaces.
+fn was(member: Option<&Value>, extends: impl Fn(&Value) -> bool) -> Was {
+    match member {
+        None => Was::Absent,
+        Some(value) if extends(value) => Was::Extended,
+        Some(_) => Was::Other,
+    }
 }
 
 /// A volume's Secret, mounted into the sidecar as its `secretDir`.

@@ -142,8 +142,9 @@ pub(super) fn check_start_order(
 /// volume's directory `X` (`subPath: X`, or `X/<its own subPath>`), at the same
 /// `mountPath`, with the same `readOnly`. It must receive the mount the sidecar
 /// makes on that directory: `HostToContainer` (rslave); `Bidirectional` receives
-/// it too and is kept.
-pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<(), InjectError> {
+/// it too and is kept. Says whether the container mounted a served volume, its
+/// `volumeMounts` then rewritten.
+pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<bool, InjectError> {
     let devices = container.get("volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     if let Some((j, volume)) =
         devices.iter().enumerate().find_map(|(j, d)| name_of(d).filter(|name| served.contains(name)).map(|n| (j, n)))
@@ -156,15 +157,17 @@ pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &st
             ),
         });
     }
-    let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(()) };
+    let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(false) };
     let mounts = match mounts {
-        Value::Null => return Ok(()),
+        Value::Null => return Ok(false),
         Value::Array(mounts) => mounts,
         _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
     };
+    let mut rewritten = false;
     for (j, mount) in mounts.iter_mut().enumerate() {
         let Some(volume) = name_of(mount).filter(|name| served.contains(name)).map(str::to_owned) else { continue };
         let Some(mount) = mount.as_object_mut() else { continue };
+        rewritten = true;
         let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
         let (sub, expr) = (text("subPath"), text("subPathExpr"));
         check_sub_paths(&volume, sub.as_deref(), expr.as_deref(), &format!("{field}.volumeMounts[{j}]"))?;
@@ -201,7 +204,7 @@ pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &st
         rebuilt.extend(std::mem::take(mount));
         *mount = rebuilt;
     }
-    Ok(())
+    Ok(rewritten)
 }
 
 /// The `subPath` or `subPathExpr` of a mount of a served volume, which becomes a

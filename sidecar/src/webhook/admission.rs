@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::patch;
 use super::pod::Reduced;
-use crate::inject::{self, Config, Outcome};
+use crate::inject::{self, Config, Edit};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -127,29 +127,28 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(ReviewError::Version { api_version: review.api_version, kind: review.kind });
     }
-    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    let mut request = review.request.ok_or(ReviewError::NoRequest)?;
     let object = describe(&request);
 
     let mut response = Response { uid: &request.uid, allowed: true, status: None };
     let verdict = match (
-        &request.object,
+        request.object.take(),
         request.kind.group.is_empty() && request.kind.kind == "Pod",
         request.operation.as_str(),
     ) {
-        (Some(pod), true, "CREATE") => match inject::inject(pod, config) {
-            Ok(Outcome::Injected { pod: injected, warnings }) => {
-                let operations = patch::diff(pod, injected);
+        (Some(pod), true, "CREATE") => match inject::edit(pod, config) {
+            Ok(Edit::Injected(injection)) => {
+                let operations = patch::of(&injection);
                 // Sized once: the patch is mostly the pod's own lists, and the
                 // request carries the whole pod.
                 let mut json = Vec::with_capacity(body.len());
                 serde_json::to_writer(&mut json, &operations).expect("a patch serializes");
                 let verdict = Verdict::Injected { operations: operations.len() };
-                drop(operations);
-                let body = injected_answer(&request.uid, &json, &warnings);
+                let body = injected_answer(&request.uid, &json, &injection.warnings);
                 return Ok(Reviewed { uid: request.uid.clone(), object, verdict, body });
             }
-            Ok(Outcome::NotRequested) => Verdict::Unchanged("no sidemount.io/volumes annotation"),
-            Ok(Outcome::AlreadyInjected) => Verdict::Unchanged("already injected"),
+            Ok(Edit::NotRequested) => Verdict::Unchanged("no sidemount.io/volumes annotation"),
+            Ok(Edit::AlreadyInjected) => Verdict::Unchanged("already injected"),
             Err(err) => {
                 let message = err.to_string();
                 response.allowed = false;

@@ -1,112 +1,112 @@
-//! JSON Patch (RFC 6902) from one JSON value to another: what the admission
-//! response carries, computed by diffing the pod before and after injection
-//! so that the webhook and `sidemount inject` share one mutation.
-
-use std::fmt::Write as _;
+//! JSON Patch (RFC 6902): what the admission response carries, written from
+//! the members of the pod that injection set ([`Changes`](crate::inject::Changes)), so that the
+//! webhook and `sidemount inject` share one mutation and the pod is neither
+//! copied nor compared.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// One patch operation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Operation {
-    Add { path: String, value: Value },
-    Remove { path: String },
-    Replace { path: String, value: Value },
+use crate::inject::{Injection, Was};
+
+/// One patch operation; its value is borrowed from the injected pod, or is the
+/// sidecar as the JSON it was written to when it was built.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operation<'a> {
+    pub op: Op,
+    pub path: String,
+    /// None for a `remove`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Member<'a>>,
 }
 
-/// The operations that turn `from` into `to`. Objects are compared key by key;
-/// a list that changed length is replaced whole: injection inserts containers
-/// in the middle of lists, where index-wise adds would only be harder to read.
-/// `to` is consumed: what the patch carries is moved out of it, not copied.
-pub fn diff(from: &Value, to: Value) -> Vec<Operation> {
-    let mut ops = Vec::new();
-    walk(from, to, &mut String::new(), &mut ops);
+/// What an operation sets.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Member<'a> {
+    Pod(&'a Value),
+    Sidecar(&'a RawValue),
+    /// A list of the sidecar alone.
+    SidecarList([&'a RawValue; 1]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Add,
+    Remove,
+    Replace,
+}
+
+impl Op {
+    /// `replace` for a member the pod had, `add` for a new one.
+    fn setting(had: bool) -> Op {
+        if had {
+            Op::Replace
+        } else {
+            Op::Add
+        }
+    }
+}
+
+/// The operations that turn the pod injection was given into the injected pod,
+/// in the order they apply. A member injection set is set whole, but for three
+/// that it extends: the volumes of a pod that had a list of them (each
+/// placeholder is removed, each new volume appended), the container list the
+/// sidecar joins (it is added at its index, after the containers' `volumeMounts`
+/// are replaced at theirs) and the annotations of a pod that had some (each
+/// key is added).
+pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
+    let (pod, changes) = (injection.pod_but_sidecar(), &injection.changes);
+    let spec = &pod["spec"];
+    let set =
+        |had: bool, path: String, value| Operation { op: Op::setting(had), path, value: Some(Member::Pod(value)) };
+    let mut ops = Vec::with_capacity(8 + changes.mounts.len());
+    match changes.volumes {
+        // The volumes it had stay, as they were, but for the placeholders taken
+        // out (last first, so that each index is still the one it was).
+        Was::Extended => {
+            for j in changes.volumes_removed.iter().rev() {
+                ops.push(Operation { op: Op::Remove, path: format!("/spec/volumes/{j}"), value: None });
+            }
+            let volumes = spec["volumes"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for volume in &volumes[volumes.len() - changes.volumes_added..] {
+                ops.push(Operation { op: Op::Add, path: "/spec/volumes/-".into(), value: Some(Member::Pod(volume)) });
+            }
+        }
+        was => ops.push(set(was == Was::Other, "/spec/volumes".into(), &spec["volumes"])),
+    }
+    // At the indices the containers have before the sidecar goes in.
+    for &(list, i) in &changes.mounts {
+        ops.push(set(true, format!("/spec/{}/{i}/volumeMounts", list.key()), &spec[list.key()][i]["volumeMounts"]));
+    }
+    let placed = changes.sidecar;
+    let (key, sidecar) = (placed.list.key(), injection.sidecar().json());
+    ops.push(match placed.list_was {
+        Was::Extended => {
+            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: Some(Member::Sidecar(sidecar)) }
+        }
+        was => Operation {
+            op: Op::setting(was == Was::Other),
+            path: format!("/spec/{key}"),
+            value: Some(Member::SidecarList([sidecar])),
+        },
+    });
+    if let Some(had) = changes.grace_had {
+        ops.push(set(had, "/spec/terminationGracePeriodSeconds".into(), &spec["terminationGracePeriodSeconds"]));
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    match changes.annotations {
+        Was::Extended => {
+            for &(key, had) in &changes.annotation_keys {
+                let mut path = String::from("/metadata/annotations");
+                push_token(&mut path, key);
+                ops.push(set(had, path, &annotations[key]));
+            }
+        }
+        was => ops.push(set(was == Was::Other, "/metadata/annotations".into(), annotations)),
+    }
     ops
-}
-
-fn walk(from: &Value, to: Value, path: &mut String, ops: &mut Vec<Operation>) {
-    match (from, to) {
-        (Value::Object(a), Value::Object(b)) => {
-            // Injection keeps a pod's keys in their order and adds its own after
-            // them (or, for `initContainers`, among them): keys are matched by
-            // position while both objects agree, and looked up only after that.
-            let kept_in_order = a.len() <= b.len() && a.keys().zip(b.keys()).all(|(k, l)| k == l);
-            if !kept_in_order {
-                for key in a.keys().filter(|k| !b.contains_key(*k)) {
-                    ops.push(Operation::Remove { path: child(path, key) });
-                }
-            }
-            let mut olds = a.iter();
-            let mut in_order = true;
-            for (key, value) in b {
-                let old = match olds.next() {
-                    Some((k, old)) if in_order && *k == key => Some(old),
-                    // Every key of `from` was matched, and a key appears once.
-                    None if in_order => None,
-                    _ => {
-                        in_order = false;
-                        a.get(&key)
-                    }
-                };
-                match old {
-                    None => ops.push(Operation::Add { path: child(path, &key), value }),
-                    // Most of a pod is left as it was: compared, not walked.
-                    Some(old) if same(old, &value) => {}
-                    Some(old) => {
-                        let len = path.len();
-                        push_token(path, &key);
-                        walk(old, value, path, ops);
-                        path.truncate(len);
-                    }
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (old, new)) in a.iter().zip(b).enumerate() {
-                if same(old, &new) {
-                    continue;
-                }
-                let len = path.len();
-                write!(path, "/{i}").expect("writing to a String");
-                walk(old, new, path, ops);
-                path.truncate(len);
-            }
-        }
-        (from, to) if *from == to => {}
-        (_, to) => ops.push(Operation::Replace { path: path.clone(), value: to }),
-    }
-}
-
-/// `a == b`, without looking keys up while both objects list them in the same
-/// order, as a pod and its injected copy almost everywhere do.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            if x.len() != y.len() {
-                return false;
-            }
-            for ((k, v), (l, w)) in x.iter().zip(y) {
-                if k != l {
-                    // Another order: compared key by key.
-                    return a == b;
-                }
-                if !same(v, w) {
-                    return false;
-                }
-            }
-            true
-        }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
-        _ => a == b,
-    }
-}
-
-fn child(path: &str, key: &str) -> String {
-    let mut path = path.to_string();
-    push_token(&mut path, key);
-    path
 }
 
 /// Appends one reference token, escaped as RFC 6901 says: `~` is `~0`, `/` is
@@ -125,70 +125,102 @@ fn push_token(path: &mut String, token: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::{self, Config, Edit, INJECTED_ANNOTATION, ORIGINAL_GRACE_ANNOTATION, VOLUMES_ANNOTATION};
     use serde_json::json;
 
-    #[test]
-    fn diffs_objects_key_by_key_and_escapes_tokens() {
-        let from = json!({ "metadata": { "annotations": { "a/b": "1", "gone": "x" } }, "spec": { "n": 1 } });
-        let to = json!({ "metadata": { "annotations": { "a/b": "1", "c~d/e": "2" } }, "spec": { "n": 2 } });
-        let ops = serde_json::to_value(diff(&from, to)).unwrap();
-        assert_eq!(
-            ops,
-            json!([
-                { "op": "remove", "path": "/metadata/annotations/gone" },
-                { "op": "add", "path": "/metadata/annotations/c~0d~1e", "value": "2" },
-                { "op": "replace", "path": "/spec/n", "value": 2 },
-            ])
-        );
+    const FUSE: &str = "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}";
+
+    fn injection(pod: Value, mode: &str) -> Injection {
+        let mut pod = pod;
+        pod["metadata"]["annotations"]["sidemount.io/mode"] = json!(mode);
+        match inject::edit(pod, &Config::for_tests()).unwrap() {
+            Edit::Injected(injection) => injection,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    /// Each operation as `op path`.
+    fn shape(ops: &[Operation]) -> Vec<String> {
+        ops.iter().map(|o| format!("{} {}", serde_json::to_value(o.op).unwrap().as_str().unwrap(), o.path)).collect()
     }
 
     #[test]
-    fn keys_added_among_kept_ones_are_found_in_order_or_not() {
-        let from = json!({ "a": 1, "b": 1, "c": 1 });
-        let ops = |to: Value| serde_json::to_value(diff(&from, to)).unwrap();
+    fn sets_what_injection_set_and_adds_the_sidecar_at_its_index() {
+        let mount = json!([{ "name": "data", "mountPath": "/d" }]);
+        let pod = json!({
+            "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE, ORIGINAL_GRACE_ANNOTATION: "old" } },
+            "spec": {
+                "volumes": [{ "name": "data", "emptyDir": {} }, { "name": "o", "emptyDir": {} }, { "name": "data" }],
+                "containers": [
+                    { "name": "istio-proxy", "image": "i" },
+                    { "name": "a", "image": "x", "volumeMounts": mount },
+                    { "name": "b", "image": "x" },
+                ],
+                "terminationGracePeriodSeconds": 5,
+            },
+        });
+        let injected = injection(pod, "legacy");
+        let ops = of(&injected);
+        // Container a is replaced at its index before the sidecar goes in before it.
         assert_eq!(
-            ops(json!({ "a": 1, "i": 0, "b": 2, "c": 1, "d": 3 })),
-            json!([
-                { "op": "add", "path": "/i", "value": 0 },
-                { "op": "replace", "path": "/b", "value": 2 },
-                { "op": "add", "path": "/d", "value": 3 },
-            ])
-        );
-        assert_eq!(
-            ops(json!({ "a": 2, "b": 1 })),
-            json!([{ "op": "remove", "path": "/c" }, { "op": "replace", "path": "/a", "value": 2 }])
-        );
-        assert_eq!(
-            ops(json!({ "c": 2, "a": 1, "b": 1, "x": 0 })),
-            json!([{ "op": "replace", "path": "/c", "value": 2 }, { "op": "add", "path": "/x", "value": 0 }])
-        );
-    }
-
-    #[test]
-    fn compares_objects_whatever_the_order_of_their_keys() {
-        let a = json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" });
-        assert!(same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }], "y": "s" })));
-        assert!(same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })));
-        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 3 }], "y": "s" })));
-        assert!(!same(&a, &json!({ "y": "s", "x": [1, { "q": 2, "r": 1 }] })));
-        assert!(!same(&a, &json!({ "x": [1, { "p": 1, "q": 2 }] })));
-        assert!(!same(&json!([1, 2]), &json!([1, 2, 3])));
-        // A reordered object is no change.
-        assert!(diff(&a, json!({ "y": "s", "x": [1, { "q": 2, "p": 1 }] })).is_empty());
-    }
-
-    #[test]
-    fn replaces_lists_that_changed_length() {
-        let from = json!({ "l": [1, { "x": 1 }], "m": [1, 2] });
-        let to = json!({ "l": [1, { "x": 2 }], "m": [0, 1, 2] });
-        assert_eq!(
-            diff(&from, to),
+            shape(&ops),
             [
-                Operation::Replace { path: "/l/1/x".into(), value: json!(2) },
-                Operation::Replace { path: "/m".into(), value: json!([0, 1, 2]) },
+                "remove /spec/volumes/2",
+                "remove /spec/volumes/0",
+                "add /spec/volumes/-",
+                "replace /spec/containers/1/volumeMounts",
+                "add /spec/containers/1",
+                "replace /spec/terminationGracePeriodSeconds",
+                "replace /metadata/annotations/sidemount.io~1original-termination-grace-period",
+                "add /metadata/annotations/sidemount.io~1injected",
             ]
         );
-        assert!(diff(&from, from.clone()).is_empty());
-        assert_eq!(diff(&json!(1), json!("x")), [Operation::Replace { path: String::new(), value: json!("x") }]);
+        let values: Vec<Value> = ops.iter().map(|op| serde_json::to_value(&op.value).unwrap()).collect();
+        drop(ops);
+        let pod = injected.into_pod();
+        assert_eq!(values[0], Value::Null);
+        assert_eq!(values[2], inject::root_volume());
+        assert_eq!(pod["spec"]["volumes"], json!([{ "name": "o", "emptyDir": {} }, inject::root_volume()]));
+        assert_eq!(values[3], pod["spec"]["containers"][2]["volumeMounts"]);
+        assert_eq!(values[4], pod["spec"]["containers"][1]);
+        assert_eq!(values[4]["name"], "sidemount");
+        assert_eq!(values[7], json!(inject::VERSION));
+    }
+
+    #[test]
+    fn sets_a_list_or_map_whole_where_the_pod_had_none() {
+        let pod = json!({
+            "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } },
+            "spec": { "volumes": null, "initContainers": null, "containers": [{ "name": "a", "image": "x" }] },
+        });
+        let injected = injection(pod, "native");
+        let ops = of(&injected);
+        assert_eq!(
+            shape(&ops),
+            [
+                "replace /spec/volumes",
+                "replace /spec/initContainers",
+                "add /metadata/annotations/sidemount.io~1injected"
+            ]
+        );
+        let list = serde_json::to_value(&ops[1].value).unwrap();
+        assert_eq!(list, json!([injected.sidecar().value()]));
+
+        let pod = json!({ "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } }, "spec": { "containers": [] } });
+        let injected = injection(pod, "native");
+        let ops = of(&injected);
+        assert_eq!(
+            shape(&ops),
+            ["add /spec/volumes", "add /spec/initContainers", "add /metadata/annotations/sidemount.io~1injected"]
+        );
+        assert_eq!(serde_json::to_value(&ops[2].value).unwrap(), json!(inject::VERSION));
+    }
+
+    #[test]
+    fn escapes_tokens() {
+        let mut path = String::from("/a");
+        push_token(&mut path, "b~c/d");
+        assert_eq!(path, "/a/b~0c~1d");
+        assert!(INJECTED_ANNOTATION.contains('/'));
     }
 }
