@@ -241,3 +241,134 @@ fn a_pod_of_an_odd_shape_is_reviewed_whole() {
     let reviewed = admission::review(&body, &config(Mode::Native)).unwrap();
     assert_eq!(reviewed.verdict, Verdict::Denied("spec: must be an object".into()));
 }
+
+mod any_pod {
+    //! Pods assembled at random from the parts injection reads, each part in
+    //! each of its shapes (missing, null, empty, populated) and the keys of each
+    //! object in any order: the patch must still give the injected pod, and a
+    //! denial the same message.
+
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+    use sidemount::inject;
+    use sidemount::settings::Mode;
+
+    const SPECS: [&str; 4] = [
+        "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}",
+        "- {name: data, type: fuse, command: [bindfs, -f, /src, '{mountpoint}']}\n- {name: logs, type: zfs, dataset: p/l}",
+        "- {name: logs, type: zfs, dataset: p/l, secretName: s}",
+        "- {name: data, type: fuse, command: [x]}",
+    ];
+
+    fn volumes() -> Vec<Value> {
+        vec![
+            json!({ "name": "data", "emptyDir": {} }),
+            json!({ "name": "logs", "emptyDir": { "medium": "Memory" } }),
+            json!({ "name": "other", "emptyDir": { "sizeLimit": "1Gi" } }),
+            json!({ "name": "conf", "configMap": { "name": "c", "items": [{ "key": "k", "path": "p" }] } }),
+            json!({ "name": "host", "hostPath": { "path": "/srv" } }),
+            json!({ "name": "data", "flexVolume": { "driver": "altalang/ofs", "options": { "networkPath": "s3://b" } } }),
+        ]
+    }
+
+    fn containers() -> Vec<Value> {
+        let mount = |name: &str, path: &str| json!({ "name": name, "mountPath": path });
+        vec![
+            json!({ "name": "app", "image": "x", "volumeMounts": [mount("data", "/d"), mount("other", "/o")] }),
+            json!({ "name": "reader", "image": "x", "ports": [{ "containerPort": 80 }],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/r", "readOnly": true }] }),
+            json!({ "name": inject::ISTIO_PROXY, "image": "istio", "restartPolicy": "Always" }),
+            json!({ "name": "plain", "image": "x", "env": [{ "name": "A", "value": "b" }] }),
+            json!({ "name": "logger", "image": "x", "securityContext": { "runAsUser": 1000 },
+                    "volumeMounts": [mount("logs", "/l")], "volumeDevices": [{ "name": "conf", "devicePath": "/dev/x" }] }),
+            json!({ "name": "sub", "image": "x", "volumeMounts": [{ "name": "data", "mountPath": "/s", "subPath": "a" }] }),
+        ]
+    }
+
+    /// A list drawn from `pool`: missing, null, or some of its items in any order.
+    fn list_of(pool: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+        let len = pool.len();
+        prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(Value::Null)),
+            6 => proptest::sample::subsequence(pool, 0..=len).prop_shuffle().prop_map(|l| Some(Value::Array(l))),
+        ]
+    }
+
+    /// An object of `entries` (None: left out) with its keys in the order `order` gives.
+    fn object(mut entries: Vec<(&str, Option<Value>)>, order: &[usize]) -> Value {
+        let mut map = Map::new();
+        let n = entries.len();
+        for &i in order.iter().filter(|&&i| i < n) {
+            if let (key, Some(value)) = std::mem::take(&mut entries[i]) {
+                map.insert(key.to_string(), value);
+            }
+        }
+        Value::Object(map)
+    }
+
+    fn annotations() -> impl Strategy<Value = Option<Value>> {
+        let map = (
+            proptest::option::of(proptest::sample::select(SPECS.to_vec())),
+            proptest::option::of(Just("9")),
+            proptest::option::of(proptest::sample::select(vec!["native", "legacy"])),
+            proptest::option::of(proptest::sample::select(vec!["true", "false"])),
+            Just((0..4).collect::<Vec<usize>>()).prop_shuffle(),
+        )
+            .prop_map(|(spec, grace, mode, convert, order)| {
+                let text = |v: Option<&str>| v.map(|v| json!(v));
+                object(
+                    vec![
+                        (inject::VOLUMES_ANNOTATION, text(spec)),
+                        (inject::ORIGINAL_GRACE_ANNOTATION, text(grace)),
+                        (inject::MODE_ANNOTATION, text(mode)),
+                        (inject::CONVERT_FLEXVOLUME_ANNOTATION, text(convert)),
+                    ],
+                    &order,
+                )
+            });
+        prop_oneof![1 => Just(None), 1 => Just(Some(Value::Null)), 8 => map.prop_map(Some)]
+    }
+
+    fn pod() -> impl Strategy<Value = Value> {
+        (
+            annotations(),
+            any::<bool>(),
+            list_of(volumes()),
+            list_of(containers()),
+            list_of(containers()),
+            prop_oneof![Just(None), Just(Some(Value::Null)), (0u64..100).prop_map(|s| Some(json!(s)))],
+            Just((0..5).collect::<Vec<usize>>()).prop_shuffle(),
+            any::<bool>(),
+        )
+            .prop_map(|(annotations, labelled, volumes, containers, init, grace, order, spec_first)| {
+                let labels = labelled.then(|| json!({ inject::INJECT_LABEL: "true" }));
+                let metadata = object(
+                    vec![("name", Some(json!("p"))), ("labels", labels), ("annotations", annotations)],
+                    &[0, 1, 2],
+                );
+                let spec = object(
+                    vec![
+                        ("volumes", volumes),
+                        ("initContainers", init),
+                        ("containers", containers.or(Some(json!([])))),
+                        ("terminationGracePeriodSeconds", grace),
+                        ("securityContext", Some(json!({ "fsGroup": 2000 }))),
+                    ],
+                    &order,
+                );
+                let order = if spec_first { [1, 0] } else { [0, 1] };
+                object(vec![("metadata", Some(metadata)), ("spec", Some(spec))], &order)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn the_patch_gives_the_injected_pod_for_any_mix_of_its_parts(pod in pod()) {
+            for mode in [Mode::Native, Mode::Legacy] {
+                super::check_pod(&format!("{pod} ({mode:?})"), &pod, &super::config(mode));
+            }
+        }
+    }
+}
