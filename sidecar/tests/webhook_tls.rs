@@ -331,14 +331,16 @@ fn refuses_to_start_without_a_usable_certificate() {
     }
 }
 
-/// A review that costs the most the limits allow: a pod of some megabytes, with
+/// A review that costs the most the limits allow: a pod of some megabytes in the
+/// fields the webhook reads (what it skips, such as `env`, costs it little), with
 /// an annotation nested as deep as a spec may be. Still an answer, not a refusal.
 fn slow_review() -> Bytes {
     let mut review: serde_json::Value = serde_json::from_slice(&fixture("plain-pod")).unwrap();
     let object = &mut review["request"]["object"];
-    let env: Vec<serde_json::Value> =
-        (0..100_000).map(|i| serde_json::json!({ "name": format!("V{i}"), "value": "x".repeat(40) })).collect();
-    object["spec"]["containers"][0]["env"] = serde_json::Value::Array(env);
+    let mounts: Vec<serde_json::Value> = (0..100_000)
+        .map(|i| serde_json::json!({ "name": format!("v{i}"), "mountPath": format!("/{}", "x".repeat(40)) }))
+        .collect();
+    object["spec"]["containers"][0]["volumeMounts"] = serde_json::Value::Array(mounts);
     let depth = sidemount::spec::MAX_SPEC_DEPTH - 2;
     let mut annotation = format!("volumes: {}", "[".repeat(depth));
     while annotation.len() + 2 + depth < sidemount::spec::MAX_SPEC_BYTES {
