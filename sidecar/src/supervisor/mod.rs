@@ -102,6 +102,7 @@ fn later(at: Instant, by: Duration) -> Instant {
 
 /// Runs the supervisor until SIGTERM or SIGINT.
 pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunError> {
+    sys::prestart_bounded_calls();
     let config_seen = std::fs::metadata(&settings.config).is_ok();
     let volumes = match load_specs(&settings.config, settings.volumes.as_deref(), Reading::Start) {
         Loaded::Volumes(volumes) => volumes,
