@@ -102,6 +102,7 @@ fn later(at: Instant, by: Duration) -> Instant {
 
 /// Runs the supervisor until SIGTERM or SIGINT.
 pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunError> {
+    sys::prestart_bounded_calls();
     let config_seen = std::fs::metadata(&settings.config).is_ok();
     let volumes = match load_specs(&settings.config, settings.volumes.as_deref(), Reading::Start) {
         Loaded::Volumes(volumes) => volumes,
@@ -117,9 +118,10 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         Err(source) if !volumes.is_empty() => return Err(RunError::Root { root: settings.root.clone(), source }),
         Err(_) => false,
     };
-    let table = MountTable::read_self().map_err(RunError::MountTable)?;
-    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout, &table).await?;
-    drop(table);
+    // The watch's first read serves the preflight and the stage's setup too: one
+    // read of the table before the first mount, not one per step.
+    let table = MountWatch::start().map_err(RunError::MountTable)?;
+    check_environment(&volumes, &settings.root, sys.as_ref(), settings.check_timeout, &table.latest()).await?;
     if let Err(err) = sys::become_subreaper() {
         warn!(%err, "cannot become the reaper of orphaned helpers");
     }
@@ -134,7 +136,6 @@ pub async fn run(mut settings: Settings, sys: Arc<dyn Sys>) -> Result<(), RunErr
         .map_err(|source| RunError::Listen { addr: settings.listen, source })?;
     let registry = Registry::new(sys.clone(), settings.check_timeout);
 
-    let table = MountWatch::start().map_err(|source| RunError::Setup { what: "the mount-table watch", source })?;
     let (config_tx, mut config_rx) = mpsc::channel(1);
     let _config_watch = watch_config(&settings.config, config_tx)
         .inspect_err(|err| warn!(%err, config = %settings.config.display(), "spec changes will not be noticed"))
@@ -327,12 +328,20 @@ impl Supervisor {
         let stage = std::fs::canonicalize(stage).map_err(setup)?;
         // An earlier instance in this container left its stage, with the dead mounts of
         // its daemons: detach it whole, so the table holds only what this one mounts.
+        // The table the watch read at start, when nothing of this instance was
+        // mounted yet; after a detach, a read of its own.
+        let mut table = self.table.latest();
         for _ in 0..16 {
-            let table = MountTable::read_self().map_err(RunError::MountTable)?;
             if !table.is_mount_point(&stage) {
                 break;
             }
-            self.ctx.sys.unmount(&stage, crate::sys::Unmount::Detach).map_err(|e| setup(e.into()))?;
+            match self.ctx.sys.unmount(&stage, crate::sys::Unmount::Detach) {
+                Ok(()) => {}
+                // Gone since the table was read: nothing to detach.
+                Err(nix::errno::Errno::EINVAL) => break,
+                Err(e) => return Err(setup(e.into())),
+            }
+            table = Arc::new(MountTable::read_self().map_err(RunError::MountTable)?);
         }
         self.ctx.sys.private_tmpfs(&stage).map_err(|e| setup(e.into()))?;
         debug!(stage = %stage.display(), "staging directory ready");

@@ -36,6 +36,15 @@ where
     }
 }
 
+/// Starts a thread of the pool before the first call needs one: the supervisor
+/// does so first thing, so the thread (and its malloc arena) is made while the
+/// specs are read, not while the first daemon waits to be spawned. It waits
+/// for a call like any idle thread, woken by nothing.
+pub fn prestart() {
+    // An empty call: done at once, then the thread waits in the pool.
+    let _ = pool::run(Box::new(|| {}));
+}
+
 /// The threads of bounded calls. A thread that finished a call waits for the
 /// next one instead of exiting, so a burst of calls (a start or a shutdown of
 /// many volumes) reuses a few threads instead of creating one per call. At

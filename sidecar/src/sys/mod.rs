@@ -20,7 +20,7 @@ mod bounded;
 pub mod fake;
 mod fd;
 
-pub use bounded::{bounded, TimedOut};
+pub use bounded::{bounded, prestart as prestart_bounded_calls, TimedOut};
 pub use fd::{watch_fd, OwnsFd, Ticker};
 
 /// How hard to unmount.
@@ -171,6 +171,22 @@ pub fn count_deliveries(signal: i32) -> std::io::Result<std::sync::Arc<std::sync
         })
     }?;
     Ok(count)
+}
+
+/// Bytes the allocator has handed out and not had back (glibc: every arena's
+/// chunks in use and its mmapped blocks, from `mallinfo2`). What the process
+/// holds live, as opposed to its resident set, which also counts free memory
+/// the allocator keeps. None where the allocator cannot tell.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes each arena's lock while it sums it and returns
+        // a plain struct by value.
+        let info = unsafe { libc::mallinfo2() };
+        Some((info.uordblks + info.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 /// Makes this process the reaper of orphaned descendants, as PID 1 is, so a
