@@ -507,7 +507,7 @@ fn scale_run(n: usize, first: bool) -> ScaleRun {
 
     // By hand: the same daemons on the same mountpoints, then a parallel umount.
     let script = pod.work("script").join("by_hand.py");
-    std::fs::write(&script, BY_HAND).unwrap();
+    std::fs::write(&script, format!("{MOUNT_WAIT}{BY_HAND}")).unwrap();
     let pairs: String = names[..n]
         .iter()
         .map(|name| format!("{} {}\n", pod.work(&format!("src-{name}")).display(), pod.mountpoint(name).display()))
@@ -525,13 +525,11 @@ fn scale_run(n: usize, first: bool) -> ScaleRun {
     run
 }
 
-/// Starts every `bindfs -f SRC MP` read from stdin at once, waits on mountinfo
-/// events until each MP holds a FUSE mount, then unmounts them all at once with
-/// a `umount` each; prints both times in ns.
-const BY_HAND: &str = r#"
+/// What the scripts below start with: `all_mounted()`, whether every MP in their
+/// `want` holds a FUSE mount, from mountinfo, which `p.poll()` waits on for the
+/// next change.
+const MOUNT_WAIT: &str = r#"
 import select, subprocess, sys, time
-pairs = [l.split() for l in sys.stdin if l.strip()]
-want = set(mp for _, mp in pairs)
 f = open("/proc/self/mountinfo")
 p = select.poll(); p.register(f, select.POLLPRI | select.POLLERR)
 def all_mounted():
@@ -542,6 +540,14 @@ def all_mounted():
         if tail.startswith("fuse"):
             seen.add(head.split()[4])
     return want <= seen
+"#;
+
+/// Starts every `bindfs -f SRC MP` read from stdin at once, waits on mountinfo
+/// events until each MP holds a FUSE mount, then unmounts them all at once with
+/// a `umount` each; prints both times in ns.
+const BY_HAND: &str = r#"
+pairs = [l.split() for l in sys.stdin if l.strip()]
+want = set(mp for _, mp in pairs)
 t0 = time.monotonic_ns()
 daemons = [subprocess.Popen(["bindfs", "-f", src, mp]) for src, mp in pairs]
 while not all_mounted():
@@ -565,7 +571,7 @@ print(t1 - t0, t2 - t1)
 /// Returns ms.
 fn launched_by_hand(pod: &Pod, pairs: &str) -> f64 {
     let script = pod.work("script").join("observe.py");
-    std::fs::write(&script, OBSERVE).unwrap();
+    std::fs::write(&script, format!("{MOUNT_WAIT}{OBSERVE}")).unwrap();
     let mut observer = pod.command_in(Ns::Sidecar, "python3");
     observer.arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut observer = observer.spawn().expect("the observer");
@@ -598,18 +604,7 @@ fn launched_by_hand(pod: &Pod, pairs: &str) -> f64 {
 /// prints the CLOCK_REALTIME ns at which every MP holds a FUSE mount, then
 /// unmounts them all at once.
 const OBSERVE: &str = r#"
-import select, subprocess, sys, time
 want = set(l.split()[1] for l in sys.stdin if l.strip())
-f = open("/proc/self/mountinfo")
-p = select.poll(); p.register(f, select.POLLPRI | select.POLLERR)
-def all_mounted():
-    f.seek(0)
-    seen = set()
-    for l in f.read().splitlines():
-        head, tail = l.split(" - ", 1)
-        if tail.startswith("fuse"):
-            seen.add(head.split()[4])
-    return want <= seen
 all_mounted()
 print("watching", flush=True)
 while not all_mounted():
