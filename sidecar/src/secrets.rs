@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,13 +169,11 @@ impl Secrets {
         in_flight: &Arc<AtomicBool>,
     ) -> Result<Secrets, SecretError> {
         let hung = || SecretError::Hung { dir: dir.to_path_buf(), timeout };
-        if in_flight.swap(true, Ordering::SeqCst) {
-            return Err(hung());
-        }
-        let (owned, flag) = (dir.to_path_buf(), in_flight.clone());
+        let under_way = crate::sys::InFlight::claim(in_flight).ok_or_else(hung)?;
+        let owned = dir.to_path_buf();
         let read = crate::sys::bounded(timeout, move || {
             let read = Secrets::read_dir(&owned);
-            flag.store(false, Ordering::SeqCst);
+            drop(under_way);
             read
         });
         read.await.unwrap_or_else(|_| Err(hung()))
@@ -203,6 +201,8 @@ fn is_env_name(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     #[test]

@@ -1,6 +1,8 @@
 //! Calls that can block forever on a hung FUSE daemon, run on a small pool of
 //! reused threads and given up at a deadline.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(test)]
@@ -10,6 +12,26 @@ use super::fake;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no answer within {0:?}")]
 pub struct TimedOut(pub Duration);
+
+/// A bounded call under way, one given up at its deadline included, marked in
+/// its caller's flag until the call is dropped: once it has returned, or when it
+/// was never made (the pool could not start a thread for it). While the flag is
+/// marked the caller makes no second call, so a call stuck in the kernel holds
+/// one thread, not one more per retry.
+pub struct InFlight(Arc<AtomicBool>);
+
+impl InFlight {
+    /// Marks the flag, unless a call is under way already.
+    pub fn claim(flag: &Arc<AtomicBool>) -> Option<InFlight> {
+        (!flag.swap(true, Ordering::SeqCst)).then(|| InFlight(flag.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
 
 /// Runs `call` on a thread of the bounded-call pool and waits for it at most
 /// `deadline`. A thread stuck in the kernel is left behind and stays out of the
@@ -106,10 +128,21 @@ mod pool {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
 
     use super::*;
     use crate::sys::Sys;
+
+    #[test]
+    fn a_call_under_way_is_one_until_it_is_dropped_run_or_not() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let first = InFlight::claim(&flag).expect("nothing under way");
+        assert!(InFlight::claim(&flag).is_none(), "a second call while the first is under way");
+        // A call never made (its closure dropped unrun) lets the next one go too.
+        let never_run = move || drop(first);
+        drop(never_run);
+        assert!(InFlight::claim(&flag).is_some());
+        assert!(!flag.load(Ordering::SeqCst));
+    }
 
     /// The threads of the bounded-call pool (named `sidemount-fscall`, which the
     /// kernel cuts to 15 bytes).

@@ -20,7 +20,7 @@ mod bounded;
 pub mod fake;
 mod fd;
 
-pub use bounded::{bounded, prestart as prestart_bounded_calls, TimedOut};
+pub use bounded::{bounded, prestart as prestart_bounded_calls, InFlight, TimedOut};
 pub use fd::{watch_fd, OwnsFd, Ticker};
 
 /// How hard to unmount.

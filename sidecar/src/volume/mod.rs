@@ -560,8 +560,8 @@ impl Task {
         secrets: Vec<String>,
     ) -> Result<Daemon, VolumeError> {
         static SPAWNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
-        let under_way =
-            InFlight::claim(in_flight).ok_or_else(|| VolumeError::SpawnStillHung { program: argv[0].clone() })?;
+        let under_way = crate::sys::InFlight::claim(in_flight)
+            .ok_or_else(|| VolumeError::SpawnStillHung { program: argv[0].clone() })?;
         let (children, runtime, span) =
             (ctx.children.clone(), tokio::runtime::Handle::current(), tracing::Span::current());
         let spawn = bounded(ctx.mount_timeout, move || {
@@ -905,23 +905,6 @@ async fn in_turn<F: std::future::Future>(turns: &tokio::sync::Semaphore, slow: D
 /// A dropped handle means the supervisor is gone: take the volume down quickly.
 fn supervisor_gone() -> Deadlines {
     Deadlines::within(Duration::from_secs(5))
-}
-
-/// A call under way, marked in its flag until the call is dropped: once it has
-/// returned, or when it is never made.
-struct InFlight(Arc<std::sync::atomic::AtomicBool>);
-
-impl InFlight {
-    /// Marks the flag, unless a call is under way already.
-    fn claim(flag: &Arc<std::sync::atomic::AtomicBool>) -> Option<InFlight> {
-        (!flag.swap(true, std::sync::atomic::Ordering::SeqCst)).then(|| InFlight(flag.clone()))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// A daemon spawned on the bounded-call pool, until its volume task takes it. A
