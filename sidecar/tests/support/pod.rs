@@ -340,6 +340,9 @@ impl Pod {
     pub fn command_in(&self, ns: Ns, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.args(["-t", &self.holder_pid(ns).to_string(), "-m", "--", program]);
+        // cargo points it at the build's directories; a container has none, and
+        // each program started would look for its libraries there first.
+        c.env_remove("LD_LIBRARY_PATH");
         c
     }
 

@@ -122,11 +122,13 @@ impl<'p> SupervisorBuilder<'p> {
             }
         }
         cmd.stdin(Stdio::null()).stdout(fs::File::create(&out).unwrap()).stderr(fs::File::create(&log).unwrap());
+        let spawned = std::time::SystemTime::now();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn sidemount run: {e}"));
         Supervisor {
             pod,
             pid: child.id(),
             child,
+            spawned,
             addr: ([127, 0, 0, 1], port).into(),
             log,
             out,
@@ -165,6 +167,8 @@ pub struct Supervisor<'p> {
     pod: &'p Pod,
     child: Child,
     pid: u32,
+    /// Just before the spawn of `nsenter`, which execs sidemount.
+    spawned: std::time::SystemTime,
     addr: SocketAddr,
     log: PathBuf,
     out: PathBuf,
@@ -204,6 +208,12 @@ impl<'p> Supervisor<'p> {
     }
 
     /// Status code of /readyz, None if it does not answer.
+    /// When the process that execs sidemount was spawned: after the spec, the log
+    /// files and the port were made ready.
+    pub fn spawned_at(&self) -> std::time::SystemTime {
+        self.spawned
+    }
+
     pub fn readyz(&self) -> Option<u16> {
         self.get("/readyz").ok().map(|r| r.status)
     }
