@@ -8,9 +8,10 @@
 #      folder, slimmed as Debian's official -slim images are (no docs, man pages or
 #      locales; apt keeps no caches), then `docker import` under that tag. Skipped
 #      when the tag exists (--rebuild-base replaces it).
-#   2. The binary: built on the host with cargo (release, stripped, --locked) and
-#      given to the Dockerfile's `prebuilt` stage (SIDEMOUNT_BINARY=prebuilt), since
-#      no Rust image can be pulled. The host must be bookworm or older (glibc).
+#   2. The binary: built on the host by images/build-binary.sh (release, stripped,
+#      --locked, linked statically, so the host's glibc does not matter) and given
+#      to the Dockerfile's `prebuilt` stage (SIDEMOUNT_BINARY=prebuilt), since no
+#      Rust image can be pulled.
 #      The build context is a staging folder holding only that binary,
 #      images/objectivefs/ and images/sidecar-rootfs.sh.
 #   3. BuildKit through whatever client can do it: the buildx plugin, or else a
@@ -219,10 +220,8 @@ DOCKERFILE
   ctx=$repo
   binary_args=(--build-arg SIDEMOUNT_BINARY=build --build-arg "RUST_IMAGE=$rust_image")
 else
-  log "cargo build --release --locked -p sidemount"
-  (cd "$repo" && cargo build --release --locked -p sidemount)
-  target_dir=${CARGO_TARGET_DIR:-$repo/target}
-  binary=$target_dir/release/sidemount
+  log "images/build-binary.sh (cargo build --release --locked -p sidemount, linked statically)"
+  binary=$("$repo/images/build-binary.sh") || die "building the binary failed"
   [ -x "$binary" ] || die "no binary at $binary"
 
   ctx=$scratch/context

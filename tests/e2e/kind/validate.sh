@@ -85,7 +85,7 @@ render_and_validate() { # DIR: with the component's plugin (sidemount inject) en
 
 # ---------------------------------------------------------------- the checks
 scripts=(tests/e2e/kind/run.sh tests/e2e/kind/validate.sh tests/container/run.sh tests/lib.sh images/build-local.sh
-  scripts/pin-digests.sh images/sidecar-rootfs.sh)
+  scripts/pin-digests.sh images/sidecar-rootfs.sh images/build-binary.sh)
 for script in "${scripts[@]}"; do
   check "shellcheck $script" shellcheck -x "$script"
 done
