@@ -165,13 +165,13 @@ pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &st
     };
     let mut rewritten = false;
     for (j, mount) in mounts.iter_mut().enumerate() {
-        let Some(volume) = name_of(mount).filter(|name| served.contains(name)).map(str::to_owned) else { continue };
-        let Some(mount) = mount.as_object_mut() else { continue };
+        let Some(volume) = name_of(mount).filter(|name| served.contains(name)) else { continue };
+        let Some(fields) = mount.as_object() else { continue };
         rewritten = true;
-        let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
+        let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty());
         let (sub, expr) = (text("subPath"), text("subPathExpr"));
-        check_sub_paths(&volume, sub.as_deref(), expr.as_deref(), &format!("{field}.volumeMounts[{j}]"))?;
-        if let Some(rro) = mount.get("recursiveReadOnly").and_then(Value::as_str).filter(|r| *r != "Disabled") {
+        check_sub_paths(volume, sub, expr, &format!("{field}.volumeMounts[{j}]"))?;
+        if let Some(rro) = fields.get("recursiveReadOnly").and_then(Value::as_str).filter(|r| *r != "Disabled") {
             return Err(InjectError::Mount {
                 field: format!("{field}.volumeMounts[{j}].recursiveReadOnly"),
                 message: format!(
@@ -180,29 +180,39 @@ pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &st
                 ),
             });
         }
-        // Rebuilt in the usual order of the fields; anything else the mount carries follows.
-        let mut rebuilt = Map::new();
-        rebuilt.insert("name".into(), json!(ROOT_VOLUME));
-        for key in ["mountPath", "readOnly"] {
-            if let Some(value) = mount.remove(key) {
-                rebuilt.insert(key.into(), value);
+        let sub_path = match (sub, expr) {
+            (_, Some(expr)) => ("subPathExpr", format!("{volume}/{expr}")),
+            (Some(sub), None) => ("subPath", format!("{volume}/{sub}")),
+            (None, None) => ("subPath", volume.to_owned()),
+        };
+        let Some(fields) = mount.as_object_mut() else { continue };
+        // Rebuilt in the usual order of the fields; anything else the mount
+        // carries follows, in its order. One pass over the old map, whose keys
+        // are moved into the new one: each removal from a map shifts the rest.
+        let (mut mount_path, mut read_only, mut propagation) = (None, None, None);
+        let mut rest = Vec::new();
+        for (key, value) in std::mem::take(fields) {
+            match key.as_str() {
+                "name" | "subPath" | "subPathExpr" => {}
+                "mountPath" => mount_path = Some((key, value)),
+                "readOnly" => read_only = Some((key, value)),
+                "mountPropagation" => propagation = Some((key, value)),
+                _ => rest.push((key, value)),
             }
         }
-        mount.remove("name");
-        mount.remove("subPath");
-        mount.remove("subPathExpr");
-        match (sub, expr) {
-            (_, Some(expr)) => rebuilt.insert("subPathExpr".into(), json!(format!("{volume}/{expr}"))),
-            (Some(sub), None) => rebuilt.insert("subPath".into(), json!(format!("{volume}/{sub}"))),
-            (None, None) => rebuilt.insert("subPath".into(), json!(volume)),
+        let mut rebuilt =
+            Map::with_capacity(4 + usize::from(mount_path.is_some()) + usize::from(read_only.is_some()) + rest.len());
+        rebuilt.insert("name".into(), Value::String(ROOT_VOLUME.into()));
+        rebuilt.extend(mount_path);
+        rebuilt.extend(read_only);
+        rebuilt.insert(sub_path.0.into(), Value::String(sub_path.1));
+        let propagation = match propagation {
+            Some((key, Value::String(p))) if p == "Bidirectional" => (key, Value::String(p)),
+            _ => ("mountPropagation".into(), Value::String("HostToContainer".into())),
         };
-        let propagation = match mount.remove("mountPropagation") {
-            Some(Value::String(p)) if p == "Bidirectional" => p,
-            _ => "HostToContainer".into(),
-        };
-        rebuilt.insert("mountPropagation".into(), json!(propagation));
-        rebuilt.extend(std::mem::take(mount));
-        *mount = rebuilt;
+        rebuilt.extend([propagation]);
+        rebuilt.extend(rest);
+        *fields = rebuilt;
     }
     Ok(rewritten)
 }
