@@ -118,7 +118,8 @@ impl<'de> Visitor<'de> for Filter {
             Keep::Named(keys) => (keys, true),
             _ => return Err(de::Error::invalid_type(Unexpected::Map, &self)),
         };
-        let mut kept = Map::new();
+        // Sized once for the keys kept by name: most objects have them all.
+        let mut kept = Map::with_capacity(keys.len());
         // A repeated key: the last one wins, as when parsing into a Value.
         while let Some(found) = map.next_key_seed(Key { keys, named })? {
             match found {
