@@ -439,7 +439,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     let mut mounts = Vec::new();
     for (list, containers) in [(List::InitContainers, &mut init_containers), (List::Containers, &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
-            if mount_from_root(container, &names, &format!("spec.{}[{i}]", list.key()))? {
+            if mount_from_root(container, &names, || format!("spec.{}[{i}]", list.key()))? {
                 mounts.push((list, i));
             }
         }
@@ -527,7 +527,18 @@ pub fn secret_volume_name(volume: &str) -> String {
 }
 
 fn name_of(item: &Value) -> Option<&str> {
-    item.get("name").and_then(Value::as_str)
+    member(item, "name").and_then(Value::as_str)
+}
+
+/// `value[key]` of an object, found by comparing its keys in turn when it has
+/// few: a lookup by hash costs a SipHash of the key, more than the comparisons
+/// in the small objects of a pod (a volume, a mount, a container reduced).
+fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    let object = value.as_object()?;
+    if object.len() > 8 {
+        return object.get(key);
+    }
+    object.iter().find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// Takes a list out of the (copied) spec to edit it; `set_list` puts it back.

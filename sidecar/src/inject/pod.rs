@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::container::sidecar_position;
 use super::{
-    malformed, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION, ROOT_VOLUME,
+    malformed, member, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION,
+    ROOT_VOLUME,
 };
 use crate::settings::Mode;
 use crate::spec::RawVolume;
@@ -144,68 +145,85 @@ pub(super) fn check_start_order(
 /// makes on that directory: `HostToContainer` (rslave); `Bidirectional` receives
 /// it too and is kept. Says whether the container mounted a served volume, its
 /// `volumeMounts` then rewritten.
-pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<bool, InjectError> {
-    let devices = container.get("volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+///
+/// `field` names the container (`spec.containers[0]`) in an error; it is made
+/// only then.
+pub(super) fn mount_from_root(
+    container: &mut Value,
+    served: &[&str],
+    field: impl Fn() -> String,
+) -> Result<bool, InjectError> {
+    let devices = member(container, "volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     if let Some((j, volume)) =
         devices.iter().enumerate().find_map(|(j, d)| name_of(d).filter(|name| served.contains(name)).map(|n| (j, n)))
     {
         return Err(InjectError::Mount {
-            field: format!("{field}.volumeDevices[{j}].name"),
+            field: format!("{}.volumeDevices[{j}].name", field()),
             message: format!(
                 "volume {volume:?} is a filesystem that sidemount mounts, not a block device: mount it with \
                  volumeMounts instead"
             ),
         });
     }
-    let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(false) };
+    let Some(mounts) = container.as_object_mut().and_then(|c| c.get_mut("volumeMounts")) else { return Ok(false) };
     let mounts = match mounts {
         Value::Null => return Ok(false),
         Value::Array(mounts) => mounts,
-        _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
+        _ => return Err(malformed(&format!("{}.volumeMounts", field()), "a list")),
     };
     let mut rewritten = false;
     for (j, mount) in mounts.iter_mut().enumerate() {
-        let Some(volume) = name_of(mount).filter(|name| served.contains(name)) else { continue };
-        let Some(fields) = mount.as_object() else { continue };
-        rewritten = true;
-        let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty());
-        let (sub, expr) = (text("subPath"), text("subPathExpr"));
-        check_sub_paths(volume, sub, expr, &format!("{field}.volumeMounts[{j}]"))?;
-        if let Some(rro) = fields.get("recursiveReadOnly").and_then(Value::as_str).filter(|r| *r != "Disabled") {
-            return Err(InjectError::Mount {
-                field: format!("{field}.volumeMounts[{j}].recursiveReadOnly"),
-                message: format!(
-                    "{rro} needs mountPropagation None, but volume {volume:?} reaches the container by \
-                     HostToContainer, from the sidecar's mount: remove it (readOnly is kept)"
-                ),
-            });
+        if !name_of(mount).is_some_and(|name| served.contains(&name)) {
+            continue;
         }
-        let sub_path = match (sub, expr) {
-            (_, Some(expr)) => ("subPathExpr", format!("{volume}/{expr}")),
-            (Some(sub), None) => ("subPath", format!("{volume}/{sub}")),
-            (None, None) => ("subPath", volume.to_owned()),
-        };
         let Some(fields) = mount.as_object_mut() else { continue };
+        rewritten = true;
         // Rebuilt in the usual order of the fields; anything else the mount
         // carries follows, in its order. One pass over the old map, whose keys
-        // are moved into the new one: each removal from a map shifts the rest.
-        let (mut mount_path, mut read_only, mut propagation) = (None, None, None);
+        // and strings are moved into the new one: each removal from a map
+        // shifts the rest. (On an error the pod is dropped, changed or not.)
+        let (mut name, mut mount_path, mut read_only, mut propagation) = (None, None, None, None);
+        let (mut sub, mut expr) = (None, None);
         let mut rest = Vec::new();
         for (key, value) in std::mem::take(fields) {
             match key.as_str() {
-                "name" | "subPath" | "subPathExpr" => {}
+                "name" => name = Some((key, value)),
+                "subPath" => sub = Some((key, value)),
+                "subPathExpr" => expr = Some((key, value)),
                 "mountPath" => mount_path = Some((key, value)),
                 "readOnly" => read_only = Some((key, value)),
                 "mountPropagation" => propagation = Some((key, value)),
                 _ => rest.push((key, value)),
             }
         }
+        let Some((name_key, Value::String(volume))) = name else { unreachable!("a mount of a served volume") };
+        let at = || format!("{}.volumeMounts[{j}]", field());
+        check_sub_paths(&volume, text(&sub), text(&expr), at)?;
+        let rro = rest.iter().find(|(key, _)| key == "recursiveReadOnly").and_then(|(_, value)| value.as_str());
+        if let Some(rro) = rro.filter(|r| *r != "Disabled") {
+            return Err(InjectError::Mount {
+                field: format!("{}.recursiveReadOnly", at()),
+                message: format!(
+                    "{rro} needs mountPropagation None, but volume {volume:?} reaches the container by \
+                     HostToContainer, from the sidecar's mount: remove it (readOnly is kept)"
+                ),
+            });
+        }
+        let sub_path = match (text(&sub), text(&expr)) {
+            (_, Some(expr)) => ("subPathExpr", format!("{volume}/{expr}")),
+            (Some(sub), None) => ("subPath", format!("{volume}/{sub}")),
+            (None, None) => ("subPath", volume),
+        };
         let mut rebuilt =
             Map::with_capacity(4 + usize::from(mount_path.is_some()) + usize::from(read_only.is_some()) + rest.len());
-        rebuilt.insert("name".into(), Value::String(ROOT_VOLUME.into()));
+        rebuilt.insert(name_key, Value::String(ROOT_VOLUME.into()));
         rebuilt.extend(mount_path);
         rebuilt.extend(read_only);
-        rebuilt.insert(sub_path.0.into(), Value::String(sub_path.1));
+        let sub_path_key = match (sub, expr) {
+            (Some((key, _)), _) | (_, Some((key, _))) if key == sub_path.0 => key,
+            _ => sub_path.0.into(),
+        };
+        rebuilt.insert(sub_path_key, Value::String(sub_path.1));
         let propagation = match propagation {
             Some((key, Value::String(p))) if p == "Bidirectional" => (key, Value::String(p)),
             _ => ("mountPropagation".into(), Value::String("HostToContainer".into())),
@@ -217,6 +235,14 @@ pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &st
     Ok(rewritten)
 }
 
+/// A mount's member, when it is a string and not empty.
+fn text(member: &Option<(String, Value)>) -> Option<&str> {
+    match member {
+        Some((_, Value::String(text))) if !text.is_empty() => Some(text),
+        _ => None,
+    }
+}
+
 /// The `subPath` or `subPathExpr` of a mount of a served volume, which becomes a
 /// path inside the volume's directory of the root: Kubernetes refuses an absolute
 /// path, a `..` and both fields at once, but behind the volume's name an absolute
@@ -226,11 +252,11 @@ pub(super) fn check_sub_paths(
     volume: &str,
     sub: Option<&str>,
     expr: Option<&str>,
-    at: &str,
+    at: impl Fn() -> String,
 ) -> Result<(), InjectError> {
     if sub.is_some() && expr.is_some() {
         return Err(InjectError::Mount {
-            field: format!("{at}.subPathExpr"),
+            field: format!("{}.subPathExpr", at()),
             message: "subPath and subPathExpr are mutually exclusive: give one of them".into(),
         });
     }
@@ -241,7 +267,7 @@ pub(super) fn check_sub_paths(
     };
     if path.starts_with('/') || path.split('/').any(|part| part == "..") {
         return Err(InjectError::Mount {
-            field: format!("{at}.{key}"),
+            field: format!("{}.{key}", at()),
             message: format!("{path:?} must be a relative path without `..`: it names a path inside volume {volume:?}"),
         });
     }
