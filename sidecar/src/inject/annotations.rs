@@ -8,14 +8,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 use serde_json::{Map, Value};
 
 use super::{
-    flexvolume, malformed, name_of, InjectError, CONVERT_FLEXVOLUME_ANNOTATION, INJECT_LABEL, SECRETS_ROOT,
-    VOLUMES_ANNOTATION,
+    flexvolume, lookup, malformed, member, name_of, InjectError, CONVERT_FLEXVOLUME_ANNOTATION, INJECT_LABEL,
+    SECRETS_ROOT, VOLUMES_ANNOTATION,
 };
 use crate::spec::{self, Invalid, Problem, RawVolume};
 
 /// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
 pub(super) fn has_inject_label(template: &Value) -> bool {
-    field(template, "metadata", "labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+    field(template, "metadata", "labels").and_then(|labels| member(labels, INJECT_LABEL)).and_then(Value::as_str)
         == Some("true")
 }
 
@@ -31,7 +31,7 @@ pub(super) fn has_driver_flexvolume(template: &Value) -> bool {
 /// `value[outer][inner]`, for objects: what `Value::pointer` finds, without
 /// the two strings it makes of each of its tokens.
 pub(super) fn field<'a>(value: &'a Value, outer: &str, inner: &str) -> Option<&'a Value> {
-    value.get(outer)?.get(inner)
+    member(member(value, outer)?, inner)
 }
 
 /// The annotations of a pod template, read as text.
@@ -47,7 +47,7 @@ impl<'a> Annotations<'a> {
     }
 
     pub(super) fn get(&self, name: &str) -> Result<Option<&'a str>, InjectError> {
-        match self.0.and_then(|map| map.get(name)) {
+        match self.0.and_then(|map| lookup(map, name)) {
             None => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(InjectError::AnnotationNotText { annotation: name.into() }),
@@ -98,7 +98,7 @@ pub(super) fn annotation_volumes(
             continue;
         }
         if let Some((j, existing)) = pod_volumes.iter().enumerate().find(|(_, v)| name_of(v) == Some(name.as_str())) {
-            if existing.get("emptyDir").is_none() {
+            if member(existing, "emptyDir").is_none() {
                 problem(
                     "name",
                     format!(

@@ -361,7 +361,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     let Request { volumes_text, convert, mode, resources } = request;
     let volumes_text = volumes_text.as_deref();
     let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
-    let volumes = was(spec.get("volumes"), Value::is_array);
+    let volumes = was(lookup(spec, "volumes"), Value::is_array);
     let mut pod_volumes = list(spec, "spec", "volumes")?;
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
@@ -414,7 +414,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     }
     // Each volume serves the user and group of the containers that mount it.
     let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
-    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
+    owner::fill(&mut served, lookup(spec, "securityContext"), &containers_by_field)?;
     // A volume every container mounts read-only is mounted `ro`, so a repair keeps it so.
     warnings.extend(read_only::fill(&mut served, &[&init_containers[..], &containers[..]]));
     // The supervisor reads its spec within the same limits as the annotation.
@@ -463,7 +463,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     // A pod converted for its label alone may have no annotations yet.
     let metadata =
         pod.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| malformed("metadata", "an object"))?;
-    let annotations_were = was(metadata.get("annotations"), Value::is_object);
+    let annotations_were = was(lookup(metadata, "annotations"), Value::is_object);
     if annotations_were != Was::Extended {
         metadata.insert("annotations".into(), Value::Object(Map::new()));
     }
@@ -534,7 +534,11 @@ fn name_of(item: &Value) -> Option<&str> {
 /// few: a lookup by hash costs a SipHash of the key, more than the comparisons
 /// in the small objects of a pod (a volume, a mount, a container reduced).
 fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    let object = value.as_object()?;
+    lookup(value.as_object()?, key)
+}
+
+/// `object[key]`, as [`member`] finds it.
+fn lookup<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     if object.len() > 8 {
         return object.get(key);
     }

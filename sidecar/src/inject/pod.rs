@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::container::sidecar_position;
 use super::{
-    malformed, member, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION,
+    lookup, malformed, member, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION,
     ROOT_VOLUME,
 };
 use crate::settings::Mode;
@@ -47,7 +47,7 @@ pub(super) fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec
                 continue;
             }
             let container = name_of(container).unwrap_or("?");
-            let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
+            let at = member(mount, "mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
             warnings.push(format!(
                 "container {container} mounts volume {volume} with subPath {sub}: sidemount repairs a FUSE volume by \
                  mounting over its root, which does not reach a subPath bind; after the daemon restarts, {container} \
@@ -103,7 +103,7 @@ pub(super) fn check_start_order(
         // A native sidecar of the user's keeps running and receives the mount
         // later, unless it mounts a subPath: bound below the volume's directory
         // before anything is mounted there, that never shows the volume.
-        let restartable = container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+        let restartable = member(container, "restartPolicy").and_then(Value::as_str) == Some("Always");
         let mounts = mounts_of(container);
         let found = mounts.iter().enumerate().find_map(|(j, m)| {
             let volume = name_of(m).filter(|n| served.contains(n))?;
@@ -281,14 +281,14 @@ pub(super) fn is_fuse(raw: &RawVolume) -> bool {
 
 /// A container's volume mounts (none when it has no list).
 pub(super) fn mounts_of(container: &Value) -> &[Value] {
-    container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+    member(container, "volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
 /// A mount's `subPath`, else its `subPathExpr`, when not empty.
 pub(super) fn sub_path(mount: &Value) -> Option<&str> {
     ["subPath", "subPathExpr"]
         .iter()
-        .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))
+        .find_map(|key| member(mount, key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))
 }
 
 /// Raises `terminationGracePeriodSeconds` to the supervisor's shutdown budget
@@ -300,7 +300,7 @@ pub(super) fn raise_grace_period(
     shutdown_timeout: Duration,
 ) -> Result<Option<String>, InjectError> {
     let needed = (shutdown_timeout + GRACE_MARGIN).as_secs_f64().ceil() as u64;
-    let current = match spec.get("terminationGracePeriodSeconds") {
+    let current = match lookup(spec, "terminationGracePeriodSeconds") {
         None | Some(Value::Null) => None,
         Some(value) => Some(
             value
