@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use super::resources::Resources;
 use super::{
     name_of, secret_dir, Config, InjectError, SecretMount, CONTAINER_NAME, ISTIO_PROXY, MOUNT_ROOT,
     PROBE_TIMEOUT_SECONDS, ROOT_VOLUME, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
@@ -20,7 +21,7 @@ use crate::spec::{self, RawVolume};
 pub(super) struct Built {
     served: Vec<RawVolume>,
     mode: Mode,
-    resources: Option<Value>,
+    resources: Resources,
     config: Config,
     sidecar: Value,
     /// The sidecar as JSON, as the webhook's patch carries it.
@@ -60,12 +61,12 @@ pub(super) fn checked_sidecar(
     served: &[RawVolume],
     secret_mounts: &[SecretMount],
     mode: Mode,
-    resources: Option<Value>,
+    resources: Resources,
     config: &Config,
 ) -> Result<Sidecar, InjectError> {
     // The secret mounts are made from the served volumes: not part of the key.
     let mut hasher = KeyHasher::default();
-    (served, mode, &config.image, config.shutdown_timeout).hash(&mut hasher);
+    (served, mode, &resources, &config.image, config.shutdown_timeout).hash(&mut hasher);
     let key = hasher.finish();
     let cache = || BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let found = cache().get(&key).cloned();
@@ -77,7 +78,7 @@ pub(super) fn checked_sidecar(
     let specs = sidecar_spec(served);
     crate::yaml::check(&specs, &spec::SPEC_LIMITS).map_err(InjectError::InjectedSpec)?;
     let keep = specs.len() <= BUILT_SPEC_BYTES;
-    let sidecar = sidecar(specs, secret_mounts, mode, resources.clone(), config);
+    let sidecar = sidecar(specs, secret_mounts, mode, resources.to_value(), config);
     let json = serde_json::value::to_raw_value(&sidecar).expect("a container serializes");
     let built = Arc::new(Built { served: served.to_vec(), mode, resources, config: config.clone(), sidecar, json });
     if keep {

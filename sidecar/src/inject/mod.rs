@@ -323,7 +323,7 @@ struct Request {
     volumes_text: Option<String>,
     convert: bool,
     mode: Mode,
-    resources: Option<Value>,
+    resources: resources::Resources,
 }
 
 fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
@@ -352,7 +352,7 @@ fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
         Some("legacy") => Mode::Legacy,
         Some(other) => return Err(InjectError::Mode { value: other.into() }),
     };
-    let resources = resources::from_annotations(|name| annotations.get(name))?;
+    let resources = resources::chosen(|name| annotations.get(name))?;
     Ok(Asked::Inject(Request { volumes_text: volumes_text.map(String::from), convert, mode, resources }))
 }
 
