@@ -360,7 +360,8 @@ fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
 fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection, InjectError> {
     let Request { volumes_text, convert, mode, resources } = request;
     let volumes_text = volumes_text.as_deref();
-    let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
+    let spec =
+        member_mut(&mut pod, "spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
     let volumes = was(lookup(spec, "volumes"), Value::is_array);
     let mut pod_volumes = list(spec, "spec", "volumes")?;
     let mut warnings = Vec::new();
@@ -451,23 +452,24 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
         Mode::Legacy => List::Containers,
     };
     let at = sidecar_position(if list == List::InitContainers { &init_containers } else { &containers });
-    let placed = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
+    let placed = Placed { list, at, list_was: was(lookup(spec, list.key()), Value::is_array) };
 
     set_list(spec, "volumes", pod_volumes);
     set_list(spec, "containers", containers);
     set_list(spec, "initContainers", init_containers);
 
-    let grace_had = spec.contains_key("terminationGracePeriodSeconds");
+    let grace_had = lookup(spec, "terminationGracePeriodSeconds").is_some();
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
     let grace_had = original_grace.is_some().then_some(grace_had);
     // A pod converted for its label alone may have no annotations yet.
-    let metadata =
-        pod.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| malformed("metadata", "an object"))?;
+    let metadata = member_mut(&mut pod, "metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| malformed("metadata", "an object"))?;
     let annotations_were = was(lookup(metadata, "annotations"), Value::is_object);
     if annotations_were != Was::Extended {
         metadata.insert("annotations".into(), Value::Object(Map::new()));
     }
-    let annotations = metadata.get_mut("annotations").and_then(Value::as_object_mut).expect("made a map above");
+    let annotations = lookup_mut(metadata, "annotations").and_then(Value::as_object_mut).expect("made a map above");
     let mut annotation_keys = Vec::with_capacity(2);
     if let Some(original) = original_grace {
         let had = annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original)).is_some();
@@ -533,8 +535,21 @@ fn name_of(item: &Value) -> Option<&str> {
 /// `value[key]` of an object, found by comparing its keys in turn when it has
 /// few: a lookup by hash costs a SipHash of the key, more than the comparisons
 /// in the small objects of a pod (a volume, a mount, a container reduced).
-fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+pub(crate) fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     lookup(value.as_object()?, key)
+}
+
+/// `value[key]` of an object, as [`member`] finds it, to change it.
+fn member_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    lookup_mut(value.as_object_mut()?, key)
+}
+
+/// `object[key]`, as [`member`] finds it, to change it.
+fn lookup_mut<'a>(object: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Value> {
+    if object.len() > 8 {
+        return object.get_mut(key);
+    }
+    object.iter_mut().find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// `object[key]`, as [`member`] finds it.
@@ -547,7 +562,7 @@ fn lookup<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 /// Takes a list out of the (copied) spec to edit it; `set_list` puts it back.
 fn list(spec: &mut Map<String, Value>, at: &str, key: &str) -> Result<Vec<Value>, InjectError> {
-    match spec.get_mut(key) {
+    match lookup_mut(spec, key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(std::mem::take(items)),
         Some(_) => Err(malformed(&format!("{at}.{key}"), "a list")),
@@ -556,7 +571,7 @@ fn list(spec: &mut Map<String, Value>, at: &str, key: &str) -> Result<Vec<Value>
 
 /// Writes a list back in its place; an empty list the pod did not have stays absent.
 fn set_list(spec: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
-    match spec.get_mut(key) {
+    match lookup_mut(spec, key) {
         Some(Value::Array(slot)) => *slot = items,
         Some(Value::Null) | None if items.is_empty() => {}
         _ => {

@@ -1,14 +1,15 @@
 //! The pod around the sidecar: its containers' mounts of served volumes made
 //! directories of the root volume, the start order they need, and the grace period.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::container::sidecar_position;
 use super::{
-    lookup, malformed, member, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION,
-    ROOT_VOLUME,
+    lookup, malformed, member, member_mut, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY,
+    MODE_ANNOTATION, ROOT_VOLUME,
 };
 use crate::settings::Mode;
 use crate::spec::RawVolume;
@@ -21,7 +22,9 @@ use crate::spec::RawVolume;
 /// so the recursive delete that follows never runs; a disk emptyDir goes straight
 /// to that delete, which empties whatever is still mounted in it.
 pub fn root_volume() -> Value {
-    json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } })
+    // Copied, not built: a copy of a map takes its hash table as it is.
+    static ROOT: LazyLock<Value> = LazyLock::new(|| json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } }));
+    ROOT.clone()
 }
 
 /// A subPath inside a FUSE volume is not reached by a repair: the kubelet binds
@@ -165,7 +168,7 @@ pub(super) fn mount_from_root(
             ),
         });
     }
-    let Some(mounts) = container.as_object_mut().and_then(|c| c.get_mut("volumeMounts")) else { return Ok(false) };
+    let Some(mounts) = member_mut(container, "volumeMounts") else { return Ok(false) };
     let mounts = match mounts {
         Value::Null => return Ok(false),
         Value::Array(mounts) => mounts,

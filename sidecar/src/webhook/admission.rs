@@ -237,7 +237,10 @@ fn encode_base64(input: &[u8], out: &mut Vec<u8>) {
 /// `namespace/name` of the pod under review; pods of workloads have only a
 /// `generateName` at admission.
 fn describe(request: &Request) -> String {
-    let meta = |key: &str| request.object.as_ref().and_then(|o| o.get("metadata")?.get(key)).and_then(Value::as_str);
+    let meta = |key: &str| {
+        let metadata = request.object.as_ref().and_then(|o| inject::member(o, "metadata"));
+        metadata.and_then(|m| inject::member(m, key)).and_then(Value::as_str)
+    };
     let name = request
         .name
         .clone()

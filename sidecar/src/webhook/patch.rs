@@ -3,18 +3,20 @@
 //! webhook and `sidemount inject` share one mutation and the pod is neither
 //! copied nor compared.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::inject::{Injection, Was};
+use crate::inject::{member, Injection, Was};
 
 /// One patch operation; its value is borrowed from the injected pod, or is the
 /// sidecar as the JSON it was written to when it was built.
 #[derive(Debug, Clone, Serialize)]
 pub struct Operation<'a> {
     pub op: Op,
-    pub path: String,
+    pub path: Cow<'static, str>,
     /// None for a `remove`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Member<'a>>,
@@ -58,55 +60,66 @@ impl Op {
 /// key is added).
 pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
     let (pod, changes) = (injection.pod_but_sidecar(), &injection.changes);
-    let spec = &pod["spec"];
-    let set =
-        |had: bool, path: String, value| Operation { op: Op::setting(had), path, value: Some(Member::Pod(value)) };
+    let spec = at(pod, "spec");
+    let set = |had: bool, path: Cow<'static, str>, value| Operation {
+        op: Op::setting(had),
+        path,
+        value: Some(Member::Pod(value)),
+    };
     let mut ops = Vec::with_capacity(8 + changes.mounts.len());
     match changes.volumes {
         // The volumes it had stay, as they were, but for the placeholders taken
         // out (last first, so that each index is still the one it was).
         Was::Extended => {
             for j in changes.volumes_removed.iter().rev() {
-                ops.push(Operation { op: Op::Remove, path: format!("/spec/volumes/{j}"), value: None });
+                ops.push(Operation { op: Op::Remove, path: format!("/spec/volumes/{j}").into(), value: None });
             }
-            let volumes = spec["volumes"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let volumes = at(spec, "volumes").as_array().map(Vec::as_slice).unwrap_or_default();
             for volume in &volumes[volumes.len() - changes.volumes_added..] {
                 ops.push(Operation { op: Op::Add, path: "/spec/volumes/-".into(), value: Some(Member::Pod(volume)) });
             }
         }
-        was => ops.push(set(was == Was::Other, "/spec/volumes".into(), &spec["volumes"])),
+        was => ops.push(set(was == Was::Other, "/spec/volumes".into(), at(spec, "volumes"))),
     }
     // At the indices the containers have before the sidecar goes in.
     for &(list, i) in &changes.mounts {
-        ops.push(set(true, format!("/spec/{}/{i}/volumeMounts", list.key()), &spec[list.key()][i]["volumeMounts"]));
+        let mounts = at(at(spec, list.key()).get(i).unwrap_or(&Value::Null), "volumeMounts");
+        ops.push(set(true, format!("/spec/{}/{i}/volumeMounts", list.key()).into(), mounts));
     }
     let placed = changes.sidecar;
     let (key, sidecar) = (placed.list.key(), injection.sidecar().json());
     ops.push(match placed.list_was {
-        Was::Extended => {
-            Operation { op: Op::Add, path: format!("/spec/{key}/{}", placed.at), value: Some(Member::Sidecar(sidecar)) }
-        }
+        Was::Extended => Operation {
+            op: Op::Add,
+            path: format!("/spec/{key}/{}", placed.at).into(),
+            value: Some(Member::Sidecar(sidecar)),
+        },
         was => Operation {
             op: Op::setting(was == Was::Other),
-            path: format!("/spec/{key}"),
+            path: format!("/spec/{key}").into(),
             value: Some(Member::SidecarList([sidecar])),
         },
     });
     if let Some(had) = changes.grace_had {
-        ops.push(set(had, "/spec/terminationGracePeriodSeconds".into(), &spec["terminationGracePeriodSeconds"]));
+        ops.push(set(had, "/spec/terminationGracePeriodSeconds".into(), at(spec, "terminationGracePeriodSeconds")));
     }
-    let annotations = &pod["metadata"]["annotations"];
+    let annotations = at(at(pod, "metadata"), "annotations");
     match changes.annotations {
         Was::Extended => {
             for &(key, had) in &changes.annotation_keys {
                 let mut path = String::from("/metadata/annotations");
                 push_token(&mut path, key);
-                ops.push(set(had, path, &annotations[key]));
+                ops.push(set(had, path.into(), at(annotations, key)));
             }
         }
         was => ops.push(set(was == Was::Other, "/metadata/annotations".into(), annotations)),
     }
     ops
+}
+
+/// `value[key]`, found as injection finds it (`null` when it is not there).
+fn at<'a>(value: &'a Value, key: &str) -> &'a Value {
+    member(value, key).unwrap_or(&Value::Null)
 }
 
 /// Appends one reference token, escaped as RFC 6901 says: `~` is `~0`, `/` is
