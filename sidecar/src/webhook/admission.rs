@@ -141,7 +141,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
                 // Sized once: the patch is mostly the pod's own lists, and the
                 // request carries the whole pod.
                 let mut json = Vec::with_capacity(body.len());
-                serde_json::to_writer(&mut json, &operations).expect("a patch serializes");
+                patch::write(&operations, &mut json);
                 let verdict = Verdict::Injected { operations: operations.len() };
                 let body = injected_answer(&request.uid, &json, &injection.warnings);
                 return Ok(Reviewed { uid: request.uid.clone(), object, verdict, body });

@@ -117,6 +117,90 @@ pub fn of(injection: &Injection) -> Vec<Operation<'_>> {
     ops
 }
 
+/// Writes the patch as `serde_json::to_writer` writes it, byte for byte, but
+/// without its escaping of every string: a string with nothing to escape (all
+/// of a pod's names, paths and keys) is copied as it is. Escaping was most of
+/// what writing the patch cost.
+pub fn write(ops: &[Operation], out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(match op.op {
+            Op::Add => br#"{"op":"add","path":"#,
+            Op::Remove => br#"{"op":"remove","path":"#,
+            Op::Replace => br#"{"op":"replace","path":"#,
+        });
+        write_str(&op.path, out);
+        match &op.value {
+            None => {}
+            Some(member) => {
+                out.extend_from_slice(br#","value":"#);
+                match member {
+                    Member::Pod(value) => write_value(value, out),
+                    Member::Sidecar(sidecar) => out.extend_from_slice(sidecar.get().as_bytes()),
+                    Member::SidecarList([sidecar]) => {
+                        out.push(b'[');
+                        out.extend_from_slice(sidecar.get().as_bytes());
+                        out.push(b']');
+                    }
+                }
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A value as serde_json writes it, compact.
+fn write_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => serde_json::to_writer(&mut *out, number).expect("a number serializes"),
+        Value::String(text) => write_str(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (key, value)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(key, out);
+                out.push(b':');
+                write_value(value, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// A string as serde_json writes it: copied when nothing in it is escaped
+/// (a control character, `"` or `\\`), else by serde_json itself.
+fn write_str(text: &str, out: &mut Vec<u8>) {
+    // Folded without an early exit, so that it is checked many bytes at a time.
+    let escaped = text.bytes().fold(false, |escaped, b| escaped | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !escaped {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("a string serializes");
+    }
+}
+
 /// `value[key]`, found as injection finds it (`null` when it is not there).
 fn at<'a>(value: &'a Value, key: &str) -> &'a Value {
     member(value, key).unwrap_or(&Value::Null)
@@ -227,6 +311,38 @@ mod tests {
             ["add /spec/volumes", "add /spec/initContainers", "add /metadata/annotations/sidemount.io~1injected"]
         );
         assert_eq!(serde_json::to_value(&ops[2].value).unwrap(), json!(inject::VERSION));
+    }
+
+    /// What `write` writes is what serde_json writes.
+    fn written(ops: &[Operation]) -> String {
+        let mut out = Vec::new();
+        write(ops, &mut out);
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec(ops).unwrap()).unwrap(),
+            String::from_utf8(out.clone()).unwrap()
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn writes_as_serde_json_does() {
+        let tricky = json!({ "a\"b": ["\u{1}\n\t\\", "é€😀", "\u{7f}", 1, -2, 3.5, 1e300, u64::MAX, null, true, false, [], {}],
+                             "": { "x/y~z": "" } });
+        for value in [tricky.clone(), json!(null), json!("plain"), json!([]), json!({})] {
+            let ops = [
+                Operation { op: Op::Add, path: "/a/b~1c".into(), value: Some(Member::Pod(&value)) },
+                Operation { op: Op::Remove, path: format!("/x/{}", 3).into(), value: None },
+                Operation { op: Op::Replace, path: "/q\"\\".into(), value: Some(Member::Pod(&value)) },
+            ];
+            written(&ops);
+        }
+        let pod = json!({ "metadata": { "annotations": { VOLUMES_ANNOTATION: FUSE } },
+                          "spec": { "volumes": [{ "name": "data", "emptyDir": {} }], "containers": [{ "name": "a", "image": "x",
+                                    "volumeMounts": [{ "name": "data", "mountPath": "/d", "readOnly": true }] }] } });
+        for mode in ["native", "legacy"] {
+            let injected = injection(pod.clone(), mode);
+            assert!(written(&of(&injected)).contains(r#""name":"sidemount""#));
+        }
     }
 
     #[test]
