@@ -1,6 +1,8 @@
 //! AdmissionReview v1: reads a review, injects the pod, and writes the answer.
 //! Pure, so the router is tested on fixture files without sockets.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,31 +15,37 @@ pub const KIND: &str = "AdmissionReview";
 
 /// The part of an AdmissionReview request the webhook reads. The object is
 /// first read as a `Reduced` pod, and whole only when it is not shaped as one.
+/// Its strings are borrowed from the body where they have no escapes.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct Review<O> {
-    api_version: String,
-    kind: String,
-    request: Option<Request<O>>,
+struct Review<'a, O> {
+    #[serde(borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    request: Option<Request<'a, O>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct Request<O = Value> {
-    uid: String,
-    kind: GroupVersionKind,
-    #[serde(default)]
-    operation: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
+struct Request<'a, O = Value> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(default, borrow)]
+    operation: Cow<'a, str>,
+    #[serde(default, borrow)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
     #[serde(default)]
     object: Option<O>,
 }
 
-impl Review<Reduced> {
-    fn into_values(self) -> Review<Value> {
+impl<'a> Review<'a, Reduced> {
+    fn into_values(self) -> Review<'a, Value> {
         let request = self.request.map(|r| Request {
             uid: r.uid,
             kind: r.kind,
@@ -51,10 +59,11 @@ impl Review<Reduced> {
 }
 
 #[derive(Debug, Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    group: String,
-    kind: String,
+struct GroupVersionKind<'a> {
+    #[serde(default, borrow)]
+    group: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,7 +133,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
         Err(_) => serde_json::from_slice::<Review<Value>>(body).map_err(ReviewError::Parse)?,
     };
     if review.api_version != API_VERSION || review.kind != KIND {
-        return Err(ReviewError::Version { api_version: review.api_version, kind: review.kind });
+        return Err(ReviewError::Version { api_version: review.api_version.into(), kind: review.kind.into() });
     }
     let mut request = review.request.ok_or(ReviewError::NoRequest)?;
     let object = describe(&request);
@@ -133,7 +142,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
     let verdict = match (
         request.object.take(),
         request.kind.group.is_empty() && request.kind.kind == "Pod",
-        request.operation.as_str(),
+        request.operation.as_ref(),
     ) {
         (Some(pod), true, "CREATE") => match inject::edit(pod, config) {
             Ok(Edit::Injected(injection)) => {
@@ -144,7 +153,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
                 patch::write(&operations, &mut json);
                 let verdict = Verdict::Injected { operations: operations.len() };
                 let body = injected_answer(&request.uid, &json, &injection.warnings);
-                return Ok(Reviewed { uid: request.uid.clone(), object, verdict, body });
+                return Ok(Reviewed { uid: request.uid.into(), object, verdict, body });
             }
             Ok(Edit::NotRequested) => Verdict::Unchanged("no sidemount.io/volumes annotation"),
             Ok(Edit::AlreadyInjected) => Verdict::Unchanged("already injected"),
@@ -162,7 +171,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewError> {
     let mut body = Vec::with_capacity(size);
     serde_json::to_writer(&mut body, &ReviewResponse { api_version: API_VERSION, kind: KIND, response })
         .expect("an AdmissionReview serializes");
-    Ok(Reviewed { uid: request.uid.clone(), object, verdict, body })
+    Ok(Reviewed { uid: request.uid.into(), object, verdict, body })
 }
 
 /// The answer that allows a pod with a JSON Patch: `response` holds `uid`,
@@ -241,16 +250,17 @@ fn describe(request: &Request) -> String {
         let metadata = request.object.as_ref().and_then(|o| inject::member(o, "metadata"));
         metadata.and_then(|m| inject::member(m, key)).and_then(Value::as_str)
     };
-    let name = request
+    let name: Cow<str> = request
         .name
-        .clone()
+        .as_deref()
         .filter(|n| !n.is_empty())
-        .or_else(|| meta("name").map(String::from))
-        .or_else(|| meta("generateName").map(|prefix| format!("{prefix}*")))
-        .unwrap_or_else(|| "(unnamed)".into());
+        .or_else(|| meta("name"))
+        .map(Cow::Borrowed)
+        .or_else(|| meta("generateName").map(|prefix| format!("{prefix}*").into()))
+        .unwrap_or(Cow::Borrowed("(unnamed)"));
     match request.namespace.as_deref().filter(|n| !n.is_empty()).or_else(|| meta("namespace")) {
         Some(namespace) => format!("{namespace}/{name}"),
-        None => name,
+        None => name.into_owned(),
     }
 }
 
@@ -362,6 +372,17 @@ mod tests {
                 String::from_utf8(expected).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn strings_with_escapes_are_read_as_well_as_borrowed_ones() {
+        let body = String::from_utf8(review_of(json!({ "spec": { "containers": [] } }), "Pod", "CREATE")).unwrap();
+        let escaped = body.replace(r#""uid":"u-1""#, r#""uid":"u\u002d1""#).replace(r#""CREATE""#, r#""CRE\u0041TE""#);
+        assert_ne!(escaped, body);
+        let reviewed = review(escaped.as_bytes(), &config()).unwrap();
+        assert_eq!(reviewed.uid, "u-1");
+        assert_eq!(reviewed.verdict, Verdict::Unchanged("no sidemount.io/volumes annotation"));
+        assert_eq!(response(&reviewed), json!({ "uid": "u-1", "allowed": true }));
     }
 
     #[test]
