@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 
 use super::container::sidecar_position;
 use super::{
-    lookup, malformed, member, member_mut, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY,
-    MODE_ANNOTATION, ROOT_VOLUME,
+    lookup, lookup_mut, malformed, member, member_mut, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN,
+    ISTIO_PROXY, MODE_ANNOTATION, ROOT_VOLUME,
 };
 use crate::settings::Mode;
 use crate::spec::RawVolume;
@@ -181,6 +181,18 @@ pub(super) fn mount_from_root(
         }
         let Some(fields) = mount.as_object_mut() else { continue };
         rewritten = true;
+        // The usual mount, `name`, `mountPath` and `readOnly` in that order
+        // and nothing else, is already in order: its name's place takes the
+        // root volume, and its own name becomes the subPath that follows.
+        let usual = ["name", "mountPath", "readOnly"];
+        let mut order = usual.iter();
+        if fields.keys().all(|key| order.any(|usual| key == usual)) {
+            let Some(Value::String(volume)) = lookup_mut(fields, "name") else { unreachable!("a served volume") };
+            let volume = std::mem::replace(volume, ROOT_VOLUME.into());
+            fields.insert("subPath".into(), Value::String(volume));
+            fields.insert("mountPropagation".into(), Value::String("HostToContainer".into()));
+            continue;
+        }
         // Rebuilt in the usual order of the fields; anything else the mount
         // carries follows, in its order. One pass over the old map, whose keys
         // and strings are moved into the new one: each removal from a map
