@@ -518,8 +518,11 @@ pub fn secret_dir(volume: &str) -> PathBuf {
 /// The pod volume that carries the Secret of `volume`: `sidemount-secret-<volume>`,
 /// shortened with a stable hash when that is longer than a DNS label may be.
 pub fn secret_volume_name(volume: &str) -> String {
-    let name = format!("{SECRET_VOLUME_PREFIX}{volume}");
-    if name.len() <= 63 {
+    if SECRET_VOLUME_PREFIX.len() + volume.len() <= 63 {
+        // Not `format!`: its machinery costs more than the two copies.
+        let mut name = String::with_capacity(SECRET_VOLUME_PREFIX.len() + volume.len());
+        name.push_str(SECRET_VOLUME_PREFIX);
+        name.push_str(volume);
         return name;
     }
     // FNV-1a: stable across builds and Rust versions, unlike DefaultHasher.

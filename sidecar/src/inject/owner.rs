@@ -44,13 +44,15 @@ pub fn fill(
     pod_context: Option<&Value>,
     containers: &[(&str, &[Value])],
 ) -> Result<(), InjectError> {
-    let pod_uid = id(pod_context, "runAsUser", "spec.securityContext")?;
-    let pod_gid = id(pod_context, "runAsGroup", "spec.securityContext")?;
-    let fs_group = id(pod_context, "fsGroup", "spec.securityContext")?;
+    let at = || "spec.securityContext".to_string();
+    let pod_uid = id(pod_context, "runAsUser", &at)?;
+    let pod_gid = id(pod_context, "runAsGroup", &at)?;
+    let fs_group = id(pod_context, "fsGroup", &at)?;
     let mut all = Vec::new();
     for (field, list) in containers {
         for (i, container) in list.iter().enumerate() {
-            let at = format!("{field}[{i}].securityContext");
+            // Named only in a refusal, and made only then.
+            let at = || format!("{field}[{i}].securityContext");
             let context = member(container, "securityContext");
             all.push((
                 container,
@@ -119,16 +121,16 @@ fn mounts(container: &Value, volume: &str) -> bool {
 }
 
 /// A user or group id of a securityContext: Kubernetes allows 0 to 2147483647.
-fn id(context: Option<&Value>, key: &str, at: &str) -> Result<Option<u32>, InjectError> {
+fn id(context: Option<&Value>, key: &str, at: &dyn Fn() -> String) -> Result<Option<u32>, InjectError> {
     let Some(context) = context.filter(|c| !c.is_null()) else { return Ok(None) };
-    let Some(context) = context.as_object() else { return Err(malformed(at, "an object")) };
+    let Some(context) = context.as_object() else { return Err(malformed(&at(), "an object")) };
     match lookup(context, key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
             .as_u64()
             .filter(|id| *id <= i32::MAX as u64)
             .map(|id| Some(id as u32))
-            .ok_or_else(|| malformed(&format!("{at}.{key}"), "a whole number from 0 to 2147483647")),
+            .ok_or_else(|| malformed(&format!("{}.{key}", at()), "a whole number from 0 to 2147483647")),
     }
 }
 
