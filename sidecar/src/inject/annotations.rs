@@ -3,19 +3,19 @@
 //! against the pod.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Map, Value};
 
 use super::{
-    flexvolume, malformed, name_of, InjectError, CONVERT_FLEXVOLUME_ANNOTATION, INJECT_LABEL, SECRETS_ROOT,
-    VOLUMES_ANNOTATION,
+    flexvolume, lookup, malformed, member, name_of, InjectError, CONVERT_FLEXVOLUME_ANNOTATION, INJECT_LABEL,
+    SECRETS_ROOT, VOLUMES_ANNOTATION,
 };
 use crate::spec::{self, Invalid, Problem, RawVolume};
 
 /// `sidemount.io/inject: "true"` on the pod (template): the webhook's objectSelector.
 pub(super) fn has_inject_label(template: &Value) -> bool {
-    field(template, "metadata", "labels").and_then(|labels| labels.get(INJECT_LABEL)).and_then(Value::as_str)
+    field(template, "metadata", "labels").and_then(|labels| member(labels, INJECT_LABEL)).and_then(Value::as_str)
         == Some("true")
 }
 
@@ -31,7 +31,7 @@ pub(super) fn has_driver_flexvolume(template: &Value) -> bool {
 /// `value[outer][inner]`, for objects: what `Value::pointer` finds, without
 /// the two strings it makes of each of its tokens.
 pub(super) fn field<'a>(value: &'a Value, outer: &str, inner: &str) -> Option<&'a Value> {
-    value.get(outer)?.get(inner)
+    member(member(value, outer)?, inner)
 }
 
 /// The annotations of a pod template, read as text.
@@ -47,7 +47,7 @@ impl<'a> Annotations<'a> {
     }
 
     pub(super) fn get(&self, name: &str) -> Result<Option<&'a str>, InjectError> {
-        match self.0.and_then(|map| map.get(name)) {
+        match self.0.and_then(|map| lookup(map, name)) {
             None => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(InjectError::AnnotationNotText { annotation: name.into() }),
@@ -63,15 +63,16 @@ pub(super) fn annotation_volumes(
     pod_volumes: &[Value],
     problems: &mut Vec<Problem>,
 ) -> Vec<(usize, RawVolume)> {
-    let raws = match parse_annotation(text) {
+    let parsed = parse_annotation(text);
+    let raws = match &*parsed {
         Ok(raws) => raws,
         Err(Invalid(found)) => {
-            problems.extend(found);
+            problems.extend(found.iter().cloned());
             return Vec::new();
         }
     };
-    let mut accepted = Vec::new();
-    for (i, raw) in raws.into_iter().enumerate() {
+    let mut accepted = Vec::with_capacity(raws.len());
+    for (i, Checked { raw, valid }) in raws.iter().enumerate() {
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 origin: VOLUMES_ANNOTATION.into(),
@@ -79,10 +80,10 @@ pub(super) fn annotation_volumes(
                 message,
             })
         };
-        let volume = match spec::validate(&raw) {
-            Ok(volume) => volume,
+        let name = match valid {
+            Ok(name) => name,
             Err(found) => {
-                found.into_iter().for_each(|(field, message)| problem(&field, message));
+                found.iter().for_each(|(field, message)| problem(field, message.clone()));
                 continue;
             }
         };
@@ -91,26 +92,26 @@ pub(super) fn annotation_volumes(
                 "secretDir",
                 format!(
                     "give secretName or secretDir, not both: the Secret of secretName is mounted at {SECRETS_ROOT}/{}",
-                    volume.name
+                    name
                 ),
             );
             continue;
         }
-        if let Some((j, existing)) = pod_volumes.iter().enumerate().find(|(_, v)| name_of(v) == Some(&volume.name)) {
-            if existing.get("emptyDir").is_none() {
+        if let Some((j, existing)) = pod_volumes.iter().enumerate().find(|(_, v)| name_of(v) == Some(name.as_str())) {
+            if member(existing, "emptyDir").is_none() {
                 problem(
                     "name",
                     format!(
                         "the pod volume {:?} (spec.volumes[{j}]) is a {} volume, but sidemount serves it from a directory of \
                          its own emptyDir: make it `emptyDir: {{}}` or remove it (injection replaces it)",
-                        volume.name,
+                        name,
                         volume_source(existing)
                     ),
                 );
                 continue;
             }
         }
-        accepted.push((i, raw));
+        accepted.push((i, raw.clone()));
     }
     accepted
 }
@@ -118,25 +119,38 @@ pub(super) fn annotation_volumes(
 /// The annotation texts parsed so far, and what they parsed to. Every pod of a
 /// workload carries its template's annotation, so the webhook meets each text
 /// again for each replica, and parsing the YAML is about a fifth of a review.
+/// Each volume is kept checked (`spec::validate`), which depends on it alone:
+/// a repeat is neither parsed nor checked again, and is shared, not copied.
 /// Bounded: at most 256 texts of up to 4 KiB each (1 MiB of text, and their
 /// parsed volumes beside it); cleared when full.
-pub(super) static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
-pub(super) type Parsed = Result<Vec<RawVolume>, Invalid>;
+pub(super) static PARSED: LazyLock<Mutex<HashMap<String, Arc<Parsed>>>> = LazyLock::new(Default::default);
+pub(super) type Parsed = Result<Vec<Checked>, Invalid>;
 pub(super) const PARSED_ENTRIES: usize = 256;
 pub(super) const PARSED_TEXT_BYTES: usize = 4096;
 
-pub(super) fn parse_annotation(text: &str) -> Parsed {
+/// A volume of the annotation, and its name once `spec::validate` found it
+/// valid, or the problems it found, each as a field and a message.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Checked {
+    pub(super) raw: RawVolume,
+    pub(super) valid: Result<String, Vec<(String, String)>>,
+}
+
+pub(super) fn parse_annotation(text: &str) -> Arc<Parsed> {
     let cache = || PARSED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(parsed) = cache().get(text) {
-        return parsed.clone();
+        return Arc::clone(parsed);
     }
-    let parsed = spec::parse_raw(VOLUMES_ANNOTATION, text);
+    let parsed = spec::parse_raw(VOLUMES_ANNOTATION, text).map(|raws| {
+        raws.into_iter().map(|raw| Checked { valid: spec::validate(&raw).map(|volume| volume.name), raw }).collect()
+    });
+    let parsed = Arc::new(parsed);
     if text.len() <= PARSED_TEXT_BYTES {
         let mut cache = cache();
         if cache.len() >= PARSED_ENTRIES {
             cache.clear();
         }
-        cache.insert(text.to_owned(), parsed.clone());
+        cache.insert(text.to_owned(), Arc::clone(&parsed));
     }
     parsed
 }
@@ -232,31 +246,39 @@ mod tests {
     #[test]
     fn parsed_annotations_are_kept_within_bounds() {
         let text = "- {name: cached, type: fuse, command: [bindfs, /src, \"{mountpoint}\"]}";
-        let first = parse_annotation(text).unwrap();
-        assert_eq!(first, spec::parse_raw(VOLUMES_ANNOTATION, text).unwrap());
-        assert_eq!(PARSED.lock().unwrap().get(text), Some(&Ok(first.clone())), "a parsed text is kept");
+        let first = parse_annotation(text);
+        let raws = spec::parse_raw(VOLUMES_ANNOTATION, text).unwrap();
+        let expected: Vec<Checked> = raws.into_iter().map(|raw| Checked { raw, valid: Ok("cached".into()) }).collect();
+        assert_eq!(first.as_ref().as_ref().unwrap(), &expected);
+        assert!(Arc::ptr_eq(PARSED.lock().unwrap().get(text).unwrap(), &first), "a parsed text is kept");
+        assert!(Arc::ptr_eq(&parse_annotation(text), &first), "a repeat is shared, not parsed again");
         // A kept text is answered from the cache, not parsed again: plant an answer
         // that parsing would not give.
         let planted = "- {name: planted, type: fuse, command: [x]}";
-        PARSED.lock().unwrap().insert(planted.to_owned(), Ok(first.clone()));
-        assert_eq!(parse_annotation(planted).unwrap(), first);
-        // An invalid text gives its error again, from the cache too.
+        PARSED.lock().unwrap().insert(planted.to_owned(), Arc::clone(&first));
+        assert_eq!(parse_annotation(planted), first);
+        // An invalid text, or one whose volume is invalid, gives its error again, from the cache too.
         let bad = "volumes: [oops";
-        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
-        assert_eq!(parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad));
+        assert_eq!(*parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad).map(|_| Vec::new()));
+        assert_eq!(parse_annotation(bad), parse_annotation(bad));
+        let invalid = "- {name: d, type: zfs}";
+        let once = parse_annotation(invalid);
+        let raw = spec::parse_raw(VOLUMES_ANNOTATION, invalid).unwrap().remove(0);
+        assert_eq!(once.as_ref().as_ref().unwrap()[0].valid, Err(spec::validate(&raw).unwrap_err()));
+        assert_eq!(parse_annotation(invalid), once);
 
         for i in 0..PARSED_ENTRIES + 10 {
-            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).unwrap();
+            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).as_ref().as_ref().unwrap();
         }
         let last = format!("- {{name: v{}, type: fuse, command: [x]}}", PARSED_ENTRIES + 9);
         let kept = PARSED.lock().unwrap();
         assert!(kept.len() <= PARSED_ENTRIES && kept.contains_key(&last), "cleared when full, then kept again");
         drop(kept);
         let exact = format!("{:<PARSED_TEXT_BYTES$}", "- {name: exact, type: fuse, command: [x]}");
-        parse_annotation(&exact).unwrap();
+        parse_annotation(&exact).as_ref().as_ref().unwrap();
         assert!(PARSED.lock().unwrap().contains_key(&exact), "a text of {PARSED_TEXT_BYTES} bytes is kept");
         let long = format!("- {{name: long, type: fuse, command: [x, {:?}]}}", "a".repeat(PARSED_TEXT_BYTES));
-        parse_annotation(&long).unwrap();
+        parse_annotation(&long).as_ref().as_ref().unwrap();
         assert!(!PARSED.lock().unwrap().contains_key(&long), "a text over {PARSED_TEXT_BYTES} bytes is not kept");
     }
 }

@@ -323,7 +323,7 @@ struct Request {
     volumes_text: Option<String>,
     convert: bool,
     mode: Mode,
-    resources: Option<Value>,
+    resources: resources::Resources,
 }
 
 fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
@@ -352,7 +352,7 @@ fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
         Some("legacy") => Mode::Legacy,
         Some(other) => return Err(InjectError::Mode { value: other.into() }),
     };
-    let resources = resources::from_annotations(|name| annotations.get(name))?;
+    let resources = resources::chosen(|name| annotations.get(name))?;
     Ok(Asked::Inject(Request { volumes_text: volumes_text.map(String::from), convert, mode, resources }))
 }
 
@@ -360,8 +360,9 @@ fn asked(template: &Value, config: &Config) -> Result<Asked, InjectError> {
 fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection, InjectError> {
     let Request { volumes_text, convert, mode, resources } = request;
     let volumes_text = volumes_text.as_deref();
-    let spec = pod.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
-    let volumes = was(spec.get("volumes"), Value::is_array);
+    let spec =
+        member_mut(&mut pod, "spec").and_then(Value::as_object_mut).ok_or_else(|| malformed("spec", "an object"))?;
+    let volumes = was(lookup(spec, "volumes"), Value::is_array);
     let mut pod_volumes = list(spec, "spec", "volumes")?;
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
@@ -414,7 +415,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     }
     // Each volume serves the user and group of the containers that mount it.
     let containers_by_field = [("spec.initContainers", &init_containers[..]), ("spec.containers", &containers[..])];
-    owner::fill(&mut served, spec.get("securityContext"), &containers_by_field)?;
+    owner::fill(&mut served, lookup(spec, "securityContext"), &containers_by_field)?;
     // A volume every container mounts read-only is mounted `ro`, so a repair keeps it so.
     warnings.extend(read_only::fill(&mut served, &[&init_containers[..], &containers[..]]));
     // The supervisor reads its spec within the same limits as the annotation.
@@ -439,7 +440,7 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
     let mut mounts = Vec::new();
     for (list, containers) in [(List::InitContainers, &mut init_containers), (List::Containers, &mut containers)] {
         for (i, container) in containers.iter_mut().enumerate() {
-            if mount_from_root(container, &names, &format!("spec.{}[{i}]", list.key()))? {
+            if mount_from_root(container, &names, || format!("spec.{}[{i}]", list.key()))? {
                 mounts.push((list, i));
             }
         }
@@ -451,23 +452,24 @@ fn apply(request: Request, mut pod: Value, config: &Config) -> Result<Injection,
         Mode::Legacy => List::Containers,
     };
     let at = sidecar_position(if list == List::InitContainers { &init_containers } else { &containers });
-    let placed = Placed { list, at, list_was: was(spec.get(list.key()), Value::is_array) };
+    let placed = Placed { list, at, list_was: was(lookup(spec, list.key()), Value::is_array) };
 
     set_list(spec, "volumes", pod_volumes);
     set_list(spec, "containers", containers);
     set_list(spec, "initContainers", init_containers);
 
-    let grace_had = spec.contains_key("terminationGracePeriodSeconds");
+    let grace_had = lookup(spec, "terminationGracePeriodSeconds").is_some();
     let original_grace = raise_grace_period(spec, config.shutdown_timeout)?;
     let grace_had = original_grace.is_some().then_some(grace_had);
     // A pod converted for its label alone may have no annotations yet.
-    let metadata =
-        pod.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| malformed("metadata", "an object"))?;
-    let annotations_were = was(metadata.get("annotations"), Value::is_object);
+    let metadata = member_mut(&mut pod, "metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| malformed("metadata", "an object"))?;
+    let annotations_were = was(lookup(metadata, "annotations"), Value::is_object);
     if annotations_were != Was::Extended {
         metadata.insert("annotations".into(), Value::Object(Map::new()));
     }
-    let annotations = metadata.get_mut("annotations").and_then(Value::as_object_mut).expect("made a map above");
+    let annotations = lookup_mut(metadata, "annotations").and_then(Value::as_object_mut).expect("made a map above");
     let mut annotation_keys = Vec::with_capacity(2);
     if let Some(original) = original_grace {
         let had = annotations.insert(ORIGINAL_GRACE_ANNOTATION.into(), Value::String(original)).is_some();
@@ -516,8 +518,11 @@ pub fn secret_dir(volume: &str) -> PathBuf {
 /// The pod volume that carries the Secret of `volume`: `sidemount-secret-<volume>`,
 /// shortened with a stable hash when that is longer than a DNS label may be.
 pub fn secret_volume_name(volume: &str) -> String {
-    let name = format!("{SECRET_VOLUME_PREFIX}{volume}");
-    if name.len() <= 63 {
+    if SECRET_VOLUME_PREFIX.len() + volume.len() <= 63 {
+        // Not `format!`: its machinery costs more than the two copies.
+        let mut name = String::with_capacity(SECRET_VOLUME_PREFIX.len() + volume.len());
+        name.push_str(SECRET_VOLUME_PREFIX);
+        name.push_str(volume);
         return name;
     }
     // FNV-1a: stable across builds and Rust versions, unlike DefaultHasher.
@@ -527,12 +532,40 @@ pub fn secret_volume_name(volume: &str) -> String {
 }
 
 fn name_of(item: &Value) -> Option<&str> {
-    item.get("name").and_then(Value::as_str)
+    member(item, "name").and_then(Value::as_str)
+}
+
+/// `value[key]` of an object, found by comparing its keys in turn when it has
+/// few: a lookup by hash costs a SipHash of the key, more than the comparisons
+/// in the small objects of a pod (a volume, a mount, a container reduced).
+pub(crate) fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    lookup(value.as_object()?, key)
+}
+
+/// `value[key]` of an object, as [`member`] finds it, to change it.
+fn member_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    lookup_mut(value.as_object_mut()?, key)
+}
+
+/// `object[key]`, as [`member`] finds it, to change it.
+fn lookup_mut<'a>(object: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Value> {
+    if object.len() > 8 {
+        return object.get_mut(key);
+    }
+    object.iter_mut().find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// `object[key]`, as [`member`] finds it.
+fn lookup<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if object.len() > 8 {
+        return object.get(key);
+    }
+    object.iter().find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// Takes a list out of the (copied) spec to edit it; `set_list` puts it back.
 fn list(spec: &mut Map<String, Value>, at: &str, key: &str) -> Result<Vec<Value>, InjectError> {
-    match spec.get_mut(key) {
+    match lookup_mut(spec, key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(std::mem::take(items)),
         Some(_) => Err(malformed(&format!("{at}.{key}"), "a list")),
@@ -541,7 +574,7 @@ fn list(spec: &mut Map<String, Value>, at: &str, key: &str) -> Result<Vec<Value>
 
 /// Writes a list back in its place; an empty list the pod did not have stays absent.
 fn set_list(spec: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
-    match spec.get_mut(key) {
+    match lookup_mut(spec, key) {
         Some(Value::Array(slot)) => *slot = items,
         Some(Value::Null) | None if items.is_empty() => {}
         _ => {

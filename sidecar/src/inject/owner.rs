@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-use super::{malformed, InjectError, VOLUMES_ANNOTATION};
+use super::{lookup, malformed, member, name_of, InjectError, VOLUMES_ANNOTATION};
 use crate::spec::RawVolume;
 
 /// Two containers that mount one volume as different users (or groups).
@@ -44,18 +44,20 @@ pub fn fill(
     pod_context: Option<&Value>,
     containers: &[(&str, &[Value])],
 ) -> Result<(), InjectError> {
-    let pod_uid = id(pod_context, "runAsUser", "spec.securityContext")?;
-    let pod_gid = id(pod_context, "runAsGroup", "spec.securityContext")?;
-    let fs_group = id(pod_context, "fsGroup", "spec.securityContext")?;
+    let at = || "spec.securityContext".to_string();
+    let pod_uid = id(pod_context, "runAsUser", &at)?;
+    let pod_gid = id(pod_context, "runAsGroup", &at)?;
+    let fs_group = id(pod_context, "fsGroup", &at)?;
     let mut all = Vec::new();
     for (field, list) in containers {
         for (i, container) in list.iter().enumerate() {
-            let at = format!("{field}[{i}].securityContext");
-            let context = container.get("securityContext");
+            // Named only in a refusal, and made only then.
+            let at = || format!("{field}[{i}].securityContext");
+            let context = member(container, "securityContext");
             all.push((
                 container,
                 RunsAs {
-                    container: container.get("name").and_then(Value::as_str).unwrap_or("?"),
+                    container: name_of(container).unwrap_or("?"),
                     uid: id(context, "runAsUser", &at)?.or(pod_uid),
                     gid: id(context, "runAsGroup", &at)?.or(pod_gid),
                 },
@@ -114,21 +116,21 @@ fn one<'a>(
 }
 
 fn mounts(container: &Value, volume: &str) -> bool {
-    let mounts = container.get("volumeMounts").and_then(Value::as_array);
-    mounts.into_iter().flatten().any(|m| m.get("name").and_then(Value::as_str) == Some(volume))
+    let mounts = member(container, "volumeMounts").and_then(Value::as_array);
+    mounts.into_iter().flatten().any(|m| name_of(m) == Some(volume))
 }
 
 /// A user or group id of a securityContext: Kubernetes allows 0 to 2147483647.
-fn id(context: Option<&Value>, key: &str, at: &str) -> Result<Option<u32>, InjectError> {
+fn id(context: Option<&Value>, key: &str, at: &dyn Fn() -> String) -> Result<Option<u32>, InjectError> {
     let Some(context) = context.filter(|c| !c.is_null()) else { return Ok(None) };
-    let Some(context) = context.as_object() else { return Err(malformed(at, "an object")) };
-    match context.get(key) {
+    let Some(context) = context.as_object() else { return Err(malformed(&at(), "an object")) };
+    match lookup(context, key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
             .as_u64()
             .filter(|id| *id <= i32::MAX as u64)
             .map(|id| Some(id as u32))
-            .ok_or_else(|| malformed(&format!("{at}.{key}"), "a whole number from 0 to 2147483647")),
+            .ok_or_else(|| malformed(&format!("{}.{key}", at()), "a whole number from 0 to 2147483647")),
     }
 }
 

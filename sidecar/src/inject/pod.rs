@@ -1,13 +1,15 @@
 //! The pod around the sidecar: its containers' mounts of served volumes made
 //! directories of the root volume, the start order they need, and the grace period.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::container::sidecar_position;
 use super::{
-    malformed, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN, ISTIO_PROXY, MODE_ANNOTATION, ROOT_VOLUME,
+    lookup, lookup_mut, malformed, member, member_mut, name_of, InjectError, DEFAULT_GRACE_SECONDS, GRACE_MARGIN,
+    ISTIO_PROXY, MODE_ANNOTATION, ROOT_VOLUME,
 };
 use crate::settings::Mode;
 use crate::spec::RawVolume;
@@ -20,7 +22,9 @@ use crate::spec::RawVolume;
 /// so the recursive delete that follows never runs; a disk emptyDir goes straight
 /// to that delete, which empties whatever is still mounted in it.
 pub fn root_volume() -> Value {
-    json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } })
+    // Copied, not built: a copy of a map takes its hash table as it is.
+    static ROOT: LazyLock<Value> = LazyLock::new(|| json!({ "name": ROOT_VOLUME, "emptyDir": { "medium": "Memory" } }));
+    ROOT.clone()
 }
 
 /// A subPath inside a FUSE volume is not reached by a repair: the kubelet binds
@@ -46,7 +50,7 @@ pub(super) fn subpath_warnings(served: &[RawVolume], groups: &[&[Value]]) -> Vec
                 continue;
             }
             let container = name_of(container).unwrap_or("?");
-            let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
+            let at = member(mount, "mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
             warnings.push(format!(
                 "container {container} mounts volume {volume} with subPath {sub}: sidemount repairs a FUSE volume by \
                  mounting over its root, which does not reach a subPath bind; after the daemon restarts, {container} \
@@ -102,7 +106,7 @@ pub(super) fn check_start_order(
         // A native sidecar of the user's keeps running and receives the mount
         // later, unless it mounts a subPath: bound below the volume's directory
         // before anything is mounted there, that never shows the volume.
-        let restartable = container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+        let restartable = member(container, "restartPolicy").and_then(Value::as_str) == Some("Always");
         let mounts = mounts_of(container);
         let found = mounts.iter().enumerate().find_map(|(j, m)| {
             let volume = name_of(m).filter(|n| served.contains(n))?;
@@ -144,67 +148,114 @@ pub(super) fn check_start_order(
 /// makes on that directory: `HostToContainer` (rslave); `Bidirectional` receives
 /// it too and is kept. Says whether the container mounted a served volume, its
 /// `volumeMounts` then rewritten.
-pub(super) fn mount_from_root(container: &mut Value, served: &[&str], field: &str) -> Result<bool, InjectError> {
-    let devices = container.get("volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+///
+/// `field` names the container (`spec.containers[0]`) in an error; it is made
+/// only then.
+pub(super) fn mount_from_root(
+    container: &mut Value,
+    served: &[&str],
+    field: impl Fn() -> String,
+) -> Result<bool, InjectError> {
+    let devices = member(container, "volumeDevices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     if let Some((j, volume)) =
         devices.iter().enumerate().find_map(|(j, d)| name_of(d).filter(|name| served.contains(name)).map(|n| (j, n)))
     {
         return Err(InjectError::Mount {
-            field: format!("{field}.volumeDevices[{j}].name"),
+            field: format!("{}.volumeDevices[{j}].name", field()),
             message: format!(
                 "volume {volume:?} is a filesystem that sidemount mounts, not a block device: mount it with \
                  volumeMounts instead"
             ),
         });
     }
-    let Some(mounts) = container.get_mut("volumeMounts") else { return Ok(false) };
+    let Some(mounts) = member_mut(container, "volumeMounts") else { return Ok(false) };
     let mounts = match mounts {
         Value::Null => return Ok(false),
         Value::Array(mounts) => mounts,
-        _ => return Err(malformed(&format!("{field}.volumeMounts"), "a list")),
+        _ => return Err(malformed(&format!("{}.volumeMounts", field()), "a list")),
     };
     let mut rewritten = false;
     for (j, mount) in mounts.iter_mut().enumerate() {
-        let Some(volume) = name_of(mount).filter(|name| served.contains(name)).map(str::to_owned) else { continue };
-        let Some(mount) = mount.as_object_mut() else { continue };
+        if !name_of(mount).is_some_and(|name| served.contains(&name)) {
+            continue;
+        }
+        let Some(fields) = mount.as_object_mut() else { continue };
         rewritten = true;
-        let text = |key: &str| mount.get(key).and_then(Value::as_str).filter(|sub| !sub.is_empty()).map(str::to_owned);
-        let (sub, expr) = (text("subPath"), text("subPathExpr"));
-        check_sub_paths(&volume, sub.as_deref(), expr.as_deref(), &format!("{field}.volumeMounts[{j}]"))?;
-        if let Some(rro) = mount.get("recursiveReadOnly").and_then(Value::as_str).filter(|r| *r != "Disabled") {
+        // The usual mount, `name`, `mountPath` and `readOnly` in that order
+        // and nothing else, is already in order: its name's place takes the
+        // root volume, and its own name becomes the subPath that follows.
+        let usual = ["name", "mountPath", "readOnly"];
+        let mut order = usual.iter();
+        if fields.keys().all(|key| order.any(|usual| key == usual)) {
+            let Some(Value::String(volume)) = lookup_mut(fields, "name") else { unreachable!("a served volume") };
+            let volume = std::mem::replace(volume, ROOT_VOLUME.into());
+            fields.insert("subPath".into(), Value::String(volume));
+            fields.insert("mountPropagation".into(), Value::String("HostToContainer".into()));
+            continue;
+        }
+        // Rebuilt in the usual order of the fields; anything else the mount
+        // carries follows, in its order. One pass over the old map, whose keys
+        // and strings are moved into the new one: each removal from a map
+        // shifts the rest. (On an error the pod is dropped, changed or not.)
+        let (mut name, mut mount_path, mut read_only, mut propagation) = (None, None, None, None);
+        let (mut sub, mut expr) = (None, None);
+        let mut rest = Vec::new();
+        for (key, value) in std::mem::take(fields) {
+            match key.as_str() {
+                "name" => name = Some((key, value)),
+                "subPath" => sub = Some((key, value)),
+                "subPathExpr" => expr = Some((key, value)),
+                "mountPath" => mount_path = Some((key, value)),
+                "readOnly" => read_only = Some((key, value)),
+                "mountPropagation" => propagation = Some((key, value)),
+                _ => rest.push((key, value)),
+            }
+        }
+        let Some((name_key, Value::String(volume))) = name else { unreachable!("a mount of a served volume") };
+        let at = || format!("{}.volumeMounts[{j}]", field());
+        check_sub_paths(&volume, text(&sub), text(&expr), at)?;
+        let rro = rest.iter().find(|(key, _)| key == "recursiveReadOnly").and_then(|(_, value)| value.as_str());
+        if let Some(rro) = rro.filter(|r| *r != "Disabled") {
             return Err(InjectError::Mount {
-                field: format!("{field}.volumeMounts[{j}].recursiveReadOnly"),
+                field: format!("{}.recursiveReadOnly", at()),
                 message: format!(
                     "{rro} needs mountPropagation None, but volume {volume:?} reaches the container by \
                      HostToContainer, from the sidecar's mount: remove it (readOnly is kept)"
                 ),
             });
         }
-        // Rebuilt in the usual order of the fields; anything else the mount carries follows.
-        let mut rebuilt = Map::new();
-        rebuilt.insert("name".into(), json!(ROOT_VOLUME));
-        for key in ["mountPath", "readOnly"] {
-            if let Some(value) = mount.remove(key) {
-                rebuilt.insert(key.into(), value);
-            }
-        }
-        mount.remove("name");
-        mount.remove("subPath");
-        mount.remove("subPathExpr");
-        match (sub, expr) {
-            (_, Some(expr)) => rebuilt.insert("subPathExpr".into(), json!(format!("{volume}/{expr}"))),
-            (Some(sub), None) => rebuilt.insert("subPath".into(), json!(format!("{volume}/{sub}"))),
-            (None, None) => rebuilt.insert("subPath".into(), json!(volume)),
+        let sub_path = match (text(&sub), text(&expr)) {
+            (_, Some(expr)) => ("subPathExpr", format!("{volume}/{expr}")),
+            (Some(sub), None) => ("subPath", format!("{volume}/{sub}")),
+            (None, None) => ("subPath", volume),
         };
-        let propagation = match mount.remove("mountPropagation") {
-            Some(Value::String(p)) if p == "Bidirectional" => p,
-            _ => "HostToContainer".into(),
+        let mut rebuilt =
+            Map::with_capacity(4 + usize::from(mount_path.is_some()) + usize::from(read_only.is_some()) + rest.len());
+        rebuilt.insert(name_key, Value::String(ROOT_VOLUME.into()));
+        rebuilt.extend(mount_path);
+        rebuilt.extend(read_only);
+        let sub_path_key = match (sub, expr) {
+            (Some((key, _)), _) | (_, Some((key, _))) if key == sub_path.0 => key,
+            _ => sub_path.0.into(),
         };
-        rebuilt.insert("mountPropagation".into(), json!(propagation));
-        rebuilt.extend(std::mem::take(mount));
-        *mount = rebuilt;
+        rebuilt.insert(sub_path_key, Value::String(sub_path.1));
+        let propagation = match propagation {
+            Some((key, Value::String(p))) if p == "Bidirectional" => (key, Value::String(p)),
+            _ => ("mountPropagation".into(), Value::String("HostToContainer".into())),
+        };
+        rebuilt.extend([propagation]);
+        rebuilt.extend(rest);
+        *fields = rebuilt;
     }
     Ok(rewritten)
+}
+
+/// A mount's member, when it is a string and not empty.
+fn text(member: &Option<(String, Value)>) -> Option<&str> {
+    match member {
+        Some((_, Value::String(text))) if !text.is_empty() => Some(text),
+        _ => None,
+    }
 }
 
 /// The `subPath` or `subPathExpr` of a mount of a served volume, which becomes a
@@ -216,11 +267,11 @@ pub(super) fn check_sub_paths(
     volume: &str,
     sub: Option<&str>,
     expr: Option<&str>,
-    at: &str,
+    at: impl Fn() -> String,
 ) -> Result<(), InjectError> {
     if sub.is_some() && expr.is_some() {
         return Err(InjectError::Mount {
-            field: format!("{at}.subPathExpr"),
+            field: format!("{}.subPathExpr", at()),
             message: "subPath and subPathExpr are mutually exclusive: give one of them".into(),
         });
     }
@@ -231,7 +282,7 @@ pub(super) fn check_sub_paths(
     };
     if path.starts_with('/') || path.split('/').any(|part| part == "..") {
         return Err(InjectError::Mount {
-            field: format!("{at}.{key}"),
+            field: format!("{}.{key}", at()),
             message: format!("{path:?} must be a relative path without `..`: it names a path inside volume {volume:?}"),
         });
     }
@@ -245,14 +296,14 @@ pub(super) fn is_fuse(raw: &RawVolume) -> bool {
 
 /// A container's volume mounts (none when it has no list).
 pub(super) fn mounts_of(container: &Value) -> &[Value] {
-    container.get("volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+    member(container, "volumeMounts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
 /// A mount's `subPath`, else its `subPathExpr`, when not empty.
 pub(super) fn sub_path(mount: &Value) -> Option<&str> {
     ["subPath", "subPathExpr"]
         .iter()
-        .find_map(|key| mount.get(*key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))
+        .find_map(|key| member(mount, key).and_then(Value::as_str).filter(|sub| !sub.is_empty()))
 }
 
 /// Raises `terminationGracePeriodSeconds` to the supervisor's shutdown budget
@@ -264,7 +315,7 @@ pub(super) fn raise_grace_period(
     shutdown_timeout: Duration,
 ) -> Result<Option<String>, InjectError> {
     let needed = (shutdown_timeout + GRACE_MARGIN).as_secs_f64().ceil() as u64;
-    let current = match spec.get("terminationGracePeriodSeconds") {
+    let current = match lookup(spec, "terminationGracePeriodSeconds") {
         None | Some(Value::Null) => None,
         Some(value) => Some(
             value

@@ -16,8 +16,8 @@
 
 use serde_json::Value;
 
-use super::name_of;
 use super::pod::{is_fuse, mounts_of, SUBPATH_WARNINGS};
+use super::{member, name_of};
 use crate::spec::RawVolume;
 
 /// Adds `ro` to each FUSE volume that every container mounts read-only, and
@@ -41,8 +41,8 @@ pub(super) fn fill(served: &mut [RawVolume], groups: &[&[Value]]) -> Vec<String>
                 if name_of(mount) != Some(volume) {
                     continue;
                 }
-                let at = mount.get("mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
-                if mount.get("readOnly").and_then(Value::as_bool) == Some(true) {
+                let at = member(mount, "mountPath").and_then(Value::as_str).unwrap_or("its mountPath");
+                if member(mount, "readOnly").and_then(Value::as_bool) == Some(true) {
                     read_only.get_or_insert((name, at));
                 } else {
                     writable.get_or_insert((name, at));

@@ -2,6 +2,8 @@
 //! `sidemount.io/{cpu,memory}-{request,limit}`, with defaults sized for a
 //! supervisor and a few FUSE daemons. A value of `""` removes the default.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::InjectError;
@@ -36,27 +38,62 @@ const RESOURCES: [Resource; 2] = [
     },
 ];
 
+/// The texts chosen for the container's `resources`: of each resource (cpu,
+/// memory) its request and its limit, when there is one. Kept as text until a
+/// sidecar is built: a kept sidecar is found by them, and building the maps
+/// of `resources` for every pod was a tenth of injection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Resources([[Option<Cow<'static, str>>; 2]; 2]);
+
+impl Resources {
+    /// The container's `resources`, or `None` when every value was removed.
+    pub fn to_value(&self) -> Option<Value> {
+        let mut requests = Map::new();
+        let mut limits = Map::new();
+        for (resource, [request, limit]) in RESOURCES.iter().zip(&self.0) {
+            if let Some(text) = request {
+                requests.insert(resource.name.into(), Value::String(text.as_ref().into()));
+            }
+            if let Some(text) = limit {
+                limits.insert(resource.name.into(), Value::String(text.as_ref().into()));
+            }
+        }
+        let mut resources = Map::new();
+        if !requests.is_empty() {
+            resources.insert("requests".into(), Value::Object(requests));
+        }
+        if !limits.is_empty() {
+            resources.insert("limits".into(), Value::Object(limits));
+        }
+        (!resources.is_empty()).then_some(Value::Object(resources))
+    }
+}
+
 /// The container's `resources`, or `None` when every value was removed.
 /// `annotation` reads one annotation of the pod.
 pub fn from_annotations<'a>(
     annotation: impl Fn(&str) -> Result<Option<&'a str>, InjectError>,
 ) -> Result<Option<Value>, InjectError> {
-    let mut requests = Map::new();
-    let mut limits = Map::new();
-    for resource in &RESOURCES {
-        let read = |(name, default): (&'static str, Option<&'static str>)| -> Result<Option<(String, f64, bool)>, InjectError> {
+    chosen(annotation).map(|resources| resources.to_value())
+}
+
+/// The texts of the container's `resources`, as [`from_annotations`] writes them.
+pub fn chosen<'a>(annotation: impl Fn(&str) -> Result<Option<&'a str>, InjectError>) -> Result<Resources, InjectError> {
+    let mut chosen = Resources::default();
+    for (resource, slot) in RESOURCES.iter().zip(&mut chosen.0) {
+        let read = |(name, default): (&'static str, Option<&'static str>)| -> Result<Option<(Cow<'static, str>, f64, bool)>, InjectError> {
             let (value, given) = match annotation(name)? {
-                Some(value) => (value, true),
+                Some(value) => (Cow::Owned(value.to_string()), true),
                 None => match default {
-                    Some(value) => (value, false),
+                    Some(value) => (Cow::Borrowed(value), false),
                     None => return Ok(None),
                 },
             };
             if value.is_empty() {
                 return Ok(None);
             }
-            let amount = parse_quantity(value).map_err(|why| InjectError::Quantity { annotation: name, value: value.into(), why })?;
-            Ok(Some((value.to_string(), amount, given)))
+            let amount = parse_quantity(&value).map_err(|why| InjectError::Quantity { annotation: name, value: value.to_string(), why })?;
+            Ok(Some((value, amount, given)))
         };
         let mut request = read(resource.request)?;
         let limit = read(resource.limit)?;
@@ -65,9 +102,9 @@ pub fn from_annotations<'a>(
                 if *given {
                     return Err(InjectError::RequestAboveLimit {
                         request_annotation: resource.request.0,
-                        request: text.clone(),
+                        request: text.to_string(),
                         limit_annotation: resource.limit.0,
-                        limit: limit_text.clone(),
+                        limit: limit_text.to_string(),
                     });
                 }
                 // A default request above the limit the user chose: request the limit,
@@ -75,21 +112,9 @@ pub fn from_annotations<'a>(
                 request = Some((limit_text.clone(), *limit_amount, false));
             }
         }
-        if let Some((text, _, _)) = request {
-            requests.insert(resource.name.into(), Value::String(text));
-        }
-        if let Some((text, _, _)) = limit {
-            limits.insert(resource.name.into(), Value::String(text));
-        }
+        *slot = [request.map(|(text, _, _)| text), limit.map(|(text, _, _)| text)];
     }
-    let mut resources = Map::new();
-    if !requests.is_empty() {
-        resources.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        resources.insert("limits".into(), Value::Object(limits));
-    }
-    Ok((!resources.is_empty()).then_some(Value::Object(resources)))
+    Ok(chosen)
 }
 
 /// Parses a Kubernetes quantity (`100m`, `0.5`, `64Mi`, `1e3`) into its value in

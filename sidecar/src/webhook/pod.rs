@@ -1,7 +1,7 @@
 //! The pod of an AdmissionReview, reduced to what injection reads and writes.
 //!
-//! Injection (`inject::edit`) looks at `metadata.annotations` and
-//! `metadata.labels`, and at `spec.volumes`, `spec.containers`,
+//! Injection (`inject::edit`) looks at `metadata.annotations` and the
+//! `sidemount.io/inject` label of `metadata.labels`, and at `spec.volumes`, `spec.containers`,
 //! `spec.initContainers`, `spec.securityContext` and
 //! `spec.terminationGracePeriodSeconds`; of each container at its `name`,
 //! `volumeMounts`, `volumeDevices`, `restartPolicy` and `securityContext`; of
@@ -25,6 +25,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::inject::INJECT_LABEL;
+
 /// Which keys of a JSON object to keep: a kept key's value is kept whole, or
 /// is an object reduced in turn.
 #[derive(Debug)]
@@ -43,7 +45,8 @@ const METADATA: Keep = Keep::Only(&[
     ("name", Keep::Whole),
     ("generateName", Keep::Whole),
     ("namespace", Keep::Whole),
-    ("labels", Keep::Whole),
+    // Of the labels, injection reads its own alone.
+    ("labels", Keep::Only(&[(INJECT_LABEL, Keep::Whole)])),
     ("annotations", Keep::Whole),
 ]);
 const SPEC: Keep = Keep::Only(&[
@@ -118,7 +121,8 @@ impl<'de> Visitor<'de> for Filter {
             Keep::Named(keys) => (keys, true),
             _ => return Err(de::Error::invalid_type(Unexpected::Map, &self)),
         };
-        let mut kept = Map::new();
+        // Sized once for the keys kept by name: most objects have them all.
+        let mut kept = Map::with_capacity(keys.len());
         // A repeated key: the last one wins, as when parsing into a Value.
         while let Some(found) = map.next_key_seed(Key { keys, named })? {
             match found {
@@ -184,7 +188,8 @@ mod tests {
     fn keeps_what_injection_reads_in_order_and_skips_the_rest() {
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": "p", "uid": "x", "managedFields": [{ "a": 1 }], "annotations": { "k": "v" }, "labels": {} },
+            "metadata": { "name": "p", "uid": "x", "managedFields": [{ "a": 1 }], "annotations": { "k": "v" },
+                          "labels": { "app": "a", "sidemount.io/inject": "true" } },
             "spec": { "tolerations": [{ "key": "t" }], "containers": [{ "name": "a", "ports": [1], "volumeMounts": [{ "x": 1 }] }], "volumes": null,
                       "securityContext": { "runAsUser": 1 }, "nodeName": "n" },
             "status": {},
@@ -192,7 +197,7 @@ mod tests {
         let Reduced(reduced) = serde_json::from_value(pod).unwrap();
         assert_eq!(
             serde_json::to_string(&reduced).unwrap(),
-            r#"{"metadata":{"name":"p","annotations":{"k":"v"},"labels":{}},"spec":{"containers":[{"name":"a","volumeMounts":[{"x":1}]}],"volumes":null,"securityContext":{"runAsUser":1}}}"#
+            r#"{"metadata":{"name":"p","annotations":{"k":"v"},"labels":{"sidemount.io/inject":"true"}},"spec":{"containers":[{"name":"a","volumeMounts":[{"x":1}]}],"volumes":null,"securityContext":{"runAsUser":1}}}"#
         );
         // An escaped key is still recognised; a repeated one keeps its last value.
         let Reduced(reduced) =
