@@ -121,12 +121,18 @@ pub(super) fn annotation_volumes(
 /// again for each replica, and parsing the YAML is about a fifth of a review.
 /// Each volume is kept checked (`spec::validate`), which depends on it alone:
 /// a repeat is neither parsed nor checked again, and is shared, not copied.
-/// Bounded: at most 256 texts of up to 4 KiB each (1 MiB of text, and their
-/// parsed volumes beside it); cleared when full.
+/// Bounded by what it holds, not only by how many texts: at most 64 texts of up
+/// to 1 KiB each, cleared when full; only texts whose every volume is valid, and
+/// never a text with an alias (`*`). An alias repeats what its anchor holds, so
+/// a text of 4 KiB can stand for 64 Ki values (the spec's limit): kept, 300 such
+/// texts held 290 MiB, which anyone allowed to create a labelled pod could send,
+/// denied or not. A denial's messages can be a hundred times its text (one per
+/// option, each naming the fix). Without an alias a text holds at most a value
+/// for every two bytes. A text not kept is parsed each time, as before.
 pub(super) static PARSED: LazyLock<Mutex<HashMap<String, Arc<Parsed>>>> = LazyLock::new(Default::default);
 pub(super) type Parsed = Result<Vec<Checked>, Invalid>;
-pub(super) const PARSED_ENTRIES: usize = 256;
-pub(super) const PARSED_TEXT_BYTES: usize = 4096;
+pub(super) const PARSED_ENTRIES: usize = 64;
+pub(super) const PARSED_TEXT_BYTES: usize = 1024;
 
 /// A volume of the annotation, and its name once `spec::validate` found it
 /// valid, or the problems it found, each as a field and a message.
@@ -142,10 +148,12 @@ pub(super) fn parse_annotation(text: &str) -> Arc<Parsed> {
         return Arc::clone(parsed);
     }
     let parsed = spec::parse_raw(VOLUMES_ANNOTATION, text).map(|raws| {
-        raws.into_iter().map(|raw| Checked { valid: spec::validate(&raw).map(|volume| volume.name), raw }).collect()
+        raws.into_iter()
+            .map(|raw| Checked { valid: spec::validate(&raw).map(|volume| volume.name), raw })
+            .collect::<Vec<_>>()
     });
     let parsed = Arc::new(parsed);
-    if text.len() <= PARSED_TEXT_BYTES {
+    if kept(text, &parsed) {
         let mut cache = cache();
         if cache.len() >= PARSED_ENTRIES {
             cache.clear();
@@ -153,6 +161,12 @@ pub(super) fn parse_annotation(text: &str) -> Arc<Parsed> {
         cache.insert(text.to_owned(), Arc::clone(&parsed));
     }
     parsed
+}
+
+/// Whether a text and what it parsed to are kept (see [`PARSED`]).
+fn kept(text: &str, parsed: &Parsed) -> bool {
+    let all_valid = parsed.as_ref().is_ok_and(|volumes| volumes.iter().all(|v| v.valid.is_ok()));
+    text.len() <= PARSED_TEXT_BYTES && !text.contains('*') && all_valid
 }
 
 /// Volume names are unique across the annotation and the converted FlexVolumes.
@@ -257,7 +271,8 @@ mod tests {
         let planted = "- {name: planted, type: fuse, command: [x]}";
         PARSED.lock().unwrap().insert(planted.to_owned(), Arc::clone(&first));
         assert_eq!(parse_annotation(planted), first);
-        // An invalid text, or one whose volume is invalid, gives its error again, from the cache too.
+        // An invalid text, or one whose volume is invalid, gives its error again,
+        // and is not kept: its messages can be far larger than its text.
         let bad = "volumes: [oops";
         assert_eq!(*parse_annotation(bad), spec::parse_raw(VOLUMES_ANNOTATION, bad).map(|_| Vec::new()));
         assert_eq!(parse_annotation(bad), parse_annotation(bad));
@@ -266,19 +281,48 @@ mod tests {
         let raw = spec::parse_raw(VOLUMES_ANNOTATION, invalid).unwrap().remove(0);
         assert_eq!(once.as_ref().as_ref().unwrap()[0].valid, Err(spec::validate(&raw).unwrap_err()));
         assert_eq!(parse_annotation(invalid), once);
+        assert!(!kept(bad, &parse_annotation(bad)), "a text that is denied is not kept");
+        assert!(!kept(invalid, &once), "a text with an invalid volume is not kept");
 
         for i in 0..PARSED_ENTRIES + 10 {
-            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x]}}")).as_ref().as_ref().unwrap();
+            parse_annotation(&format!("- {{name: v{i}, type: fuse, command: [x, \"{{mountpoint}}\"]}}"));
         }
-        let last = format!("- {{name: v{}, type: fuse, command: [x]}}", PARSED_ENTRIES + 9);
-        let kept = PARSED.lock().unwrap();
-        assert!(kept.len() <= PARSED_ENTRIES && kept.contains_key(&last), "cleared when full, then kept again");
-        drop(kept);
-        let exact = format!("{:<PARSED_TEXT_BYTES$}", "- {name: exact, type: fuse, command: [x]}");
+        let last = format!("- {{name: v{}, type: fuse, command: [x, \"{{mountpoint}}\"]}}", PARSED_ENTRIES + 9);
+        let cache = PARSED.lock().unwrap();
+        assert!(cache.len() <= PARSED_ENTRIES && cache.contains_key(&last), "cleared when full, then kept again");
+        drop(cache);
+        let exact = format!("{:<PARSED_TEXT_BYTES$}", "- {name: exact, type: fuse, command: [x, \"{mountpoint}\"]}");
         parse_annotation(&exact).as_ref().as_ref().unwrap();
         assert!(PARSED.lock().unwrap().contains_key(&exact), "a text of {PARSED_TEXT_BYTES} bytes is kept");
-        let long = format!("- {{name: long, type: fuse, command: [x, {:?}]}}", "a".repeat(PARSED_TEXT_BYTES));
+        let long = format!(
+            "- {{name: long, type: fuse, command: [x, {:?}, \"{{mountpoint}}\"]}}",
+            "a".repeat(PARSED_TEXT_BYTES)
+        );
         parse_annotation(&long).as_ref().as_ref().unwrap();
         assert!(!PARSED.lock().unwrap().contains_key(&long), "a text over {PARSED_TEXT_BYTES} bytes is not kept");
+        // An alias may stand for far more than its text: never kept, yet read the same.
+        let aliased = "- {name: a, type: fuse, command: &c [bindfs, /src, \"{mountpoint}\"]}\n- {name: b, type: fuse, command: *c}";
+        let parsed = parse_annotation(aliased);
+        assert_eq!(parsed.as_ref().as_ref().unwrap().len(), 2);
+        assert_eq!(parsed.as_ref().as_ref().unwrap()[1].raw.command, parsed.as_ref().as_ref().unwrap()[0].raw.command);
+        assert!(!kept(aliased, &parsed), "a text with an alias is not kept");
+
+        // What the kept texts can hold at most: the costliest text that is kept
+        // (a valid volume whose command is a flow list of one-letter arguments,
+        // a value for every two bytes), in every entry.
+        let head = "- {name: big, type: fuse, command: [";
+        let mut text = head.to_string();
+        while text.len() + "o,".len() + "\"{mountpoint}\"]}".len() <= PARSED_TEXT_BYTES {
+            text.push_str("o,");
+        }
+        text.push_str("\"{mountpoint}\"]}");
+        assert!(text.len() <= PARSED_TEXT_BYTES && !text.contains('*'));
+        let parsed = parse_annotation(&text);
+        assert!(kept(&text, &parsed), "the costliest kept text is kept");
+        let values = parsed.as_ref().as_ref().unwrap()[0].raw.command.as_ref().map_or(0, Vec::len);
+        assert!(values > 450, "{values} arguments");
+        // A String of one byte is 24 bytes and an allocation of at most 32.
+        let per_entry = values * (24 + 32) + text.len();
+        assert!(PARSED_ENTRIES * per_entry < 4 << 20, "{PARSED_ENTRIES} entries of {per_entry} bytes");
     }
 }
