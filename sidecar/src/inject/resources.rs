@@ -69,15 +69,8 @@ impl Resources {
     }
 }
 
-/// The container's `resources`, or `None` when every value was removed.
-/// `annotation` reads one annotation of the pod.
-pub fn from_annotations<'a>(
-    annotation: impl Fn(&str) -> Result<Option<&'a str>, InjectError>,
-) -> Result<Option<Value>, InjectError> {
-    chosen(annotation).map(|resources| resources.to_value())
-}
-
-/// The texts of the container's `resources`, as [`from_annotations`] writes them.
+/// The texts of the container's `resources` ([`Resources::to_value`] makes
+/// them its maps). `annotation` reads one annotation of the pod.
 pub fn chosen<'a>(annotation: impl Fn(&str) -> Result<Option<&'a str>, InjectError>) -> Result<Resources, InjectError> {
     let mut chosen = Resources::default();
     for (resource, slot) in RESOURCES.iter().zip(&mut chosen.0) {
@@ -168,7 +161,8 @@ mod tests {
     fn resources(pairs: &[(&str, &str)]) -> Result<Option<Value>, InjectError> {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let leaked: &'static [(String, String)] = Box::leak(pairs.into_boxed_slice());
-        from_annotations(move |name| Ok(leaked.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())))
+        chosen(move |name| Ok(leaked.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())))
+            .map(|chosen| chosen.to_value())
     }
 
     #[test]
