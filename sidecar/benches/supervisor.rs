@@ -384,6 +384,9 @@ struct ScaleRun {
     /// A parallel `umount` of the N mounts made by hand, ms.
     umount: f64,
     rss_kib: u64,
+    /// The supervisor's CPU time (user and system, every thread) from exec to
+    /// the last volume ready, ms: what the start costs beside the daemons' own.
+    cpu_ms: f64,
     /// Idle wakeups per second, and a 1 s polling loop's (measured at 10 volumes).
     idle: Option<(f64, f64)>,
     /// Spec written → the added volume mounted, and → the removed one's daemon exited, ms.
@@ -481,6 +484,7 @@ fn scale_run(n: usize, first: bool) -> ScaleRun {
         Some(log_times(&sup.log(), " mounted ")).filter(|m| m.len() >= n)
     });
     run.start = (mounted.iter().max().unwrap() - t0) as f64 / 1e6;
+    run.cpu_ms = cpu_ms(sup.pid());
     // Let the start's short-lived threads go before memory is read.
     std::thread::sleep(Duration::from_secs(1));
     run.rss_kib = vm_rss_kib(sup.pid());
@@ -521,8 +525,8 @@ fn scale_run(n: usize, first: bool) -> ScaleRun {
     (run.by_hand_script, run.umount) = (ns.next().unwrap(), ns.next().unwrap());
     run.by_hand = launched_by_hand(&pod, &pairs);
     eprintln!(
-        "{n} volumes: start {:.1} ms (by hand {:.1}; inside a script {:.1}), RSS {} KiB, SIGTERM {:.1} ms (parallel umount {:.1}), add {:?} remove {:?}, idle {:?}",
-        run.start, run.by_hand, run.by_hand_script, run.rss_kib, run.sigterm, run.umount, run.add, run.remove, run.idle
+        "{n} volumes: start {:.1} ms (by hand {:.1}; inside a script {:.1}; CPU {:.0} ms), RSS {} KiB, SIGTERM {:.1} ms (parallel umount {:.1}), add {:?} remove {:?}, idle {:?}",
+        run.start, run.by_hand, run.by_hand_script, run.cpu_ms, run.rss_kib, run.sigterm, run.umount, run.add, run.remove, run.idle
     );
     run
 }
@@ -769,6 +773,16 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The user and system CPU time of `pid`, every thread's (ended ones too), ms.
+/// /proc gives it in USER_HZ ticks, 100 a second in Linux's ABI: 10 ms each.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name, which may hold spaces: state is field 3, utime 14.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 * 10.0
 }
 
 /// Context switches of every thread of `pid`: each is a wakeup or a preemption.
