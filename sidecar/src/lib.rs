@@ -10,6 +10,7 @@ mod alone;
 pub mod daemon;
 pub mod endpoints;
 pub mod exit;
+pub mod fast_hash;
 pub mod file_watch;
 pub mod inject;
 pub mod logging;

@@ -65,7 +65,10 @@ pub(super) fn checked_sidecar(
     config: &Config,
 ) -> Result<Sidecar, InjectError> {
     // The secret mounts are made from the served volumes: not part of the key.
-    let mut hasher = KeyHasher::default();
+    // FxHash: no defence against chosen collisions is needed, as a sidecar found is
+    // compared whole with what it is asked for, so two inputs of one hash only take
+    // turns in the cache. SipHash was half of finding a kept sidecar.
+    let mut hasher = crate::fast_hash::FastHasher::default();
     (served, mode, &resources, &config.image, config.shutdown_timeout).hash(&mut hasher);
     let key = hasher.finish();
     let cache = || BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -89,54 +92,6 @@ pub(super) fn checked_sidecar(
         cache.insert(key, Arc::clone(&built));
     }
     Ok(Sidecar(built))
-}
-
-/// The hash the kept sidecars are found by: FxHash, rustc's, a word at a time.
-/// SipHash was half of finding a kept sidecar. It needs no defence against
-/// chosen collisions: a sidecar found is compared whole with what it is asked
-/// for, so two inputs of one hash only take turns in the cache.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl KeyHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            self.add(u64::from_le_bytes(word.try_into().expect("eight bytes")));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// The sidecar's spec, for `SIDEMOUNT_VOLUMES`: the served volumes as JSON, with
