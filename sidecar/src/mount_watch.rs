@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use nix::errno::Errno;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::mounts::MountTable;
+use crate::mounts::{Mount, MountTable};
 use crate::sys;
 
 /// Where the mount table comes from: the kernel's mountinfo ([`Mountinfo`]), or
@@ -31,33 +32,170 @@ use crate::sys;
 pub trait MountSource: Send + 'static {
     /// The table as it is now.
     fn read(&mut self) -> std::io::Result<MountTable>;
+    /// The mounts the last read found added, removed or changed since the read
+    /// before it, when the source knows them: then only the watchers of their
+    /// mount points are woken. None: every watched path is compared.
+    fn changes(&mut self) -> Option<Vec<Arc<Mount>>> {
+        None
+    }
     /// Resolves when the table may have changed since the last call. An error
     /// ends the watch.
     fn changed(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// The kernel's table of this process's mount namespace: `/proc/self/mountinfo`,
-/// whose `poll` gives POLLPRI after every mount or unmount in the namespace.
+/// The kernel's table of this process's mount namespace. `/proc/self/mountinfo`'s
+/// `poll` gives POLLPRI after every mount or unmount in the namespace; the table
+/// is read with listmount(2) and statmount(2) where the kernel has them and
+/// they read it as mountinfo does, and from mountinfo's text otherwise.
 pub struct Mountinfo {
     fd: AsyncFd<std::fs::File>,
+    listed: Option<Listed>,
+    /// The kernel reported a change since the last read (rather than a task
+    /// asking for a fresh table).
+    reported: bool,
 }
 
 impl Mountinfo {
-    /// Opens mountinfo and registers it with the current runtime's reactor.
+    /// Opens mountinfo, registers it with the current runtime's reactor and
+    /// chooses how the table is read.
     pub fn open() -> std::io::Result<Mountinfo> {
         let file = std::fs::File::open("/proc/self/mountinfo")?;
-        Ok(Mountinfo { fd: sys::watch_fd(file, Interest::PRIORITY)? })
+        let listed = match Listed::agreeing() {
+            Ok(listed) => {
+                info!("reading the mount table with listmount(2) and statmount(2)");
+                Some(listed)
+            }
+            Err(why) => {
+                info!(%why, "reading the mount table from /proc/self/mountinfo");
+                None
+            }
+        };
+        Ok(Mountinfo { fd: sys::watch_fd(file, Interest::PRIORITY)?, listed, reported: false })
+    }
+
+    /// Whether the table is read with listmount(2) rather than from mountinfo's text.
+    pub fn is_listed(&self) -> bool {
+        self.listed.is_some()
     }
 }
 
 impl MountSource for Mountinfo {
     fn read(&mut self) -> std::io::Result<MountTable> {
+        let reported = std::mem::take(&mut self.reported);
+        if let Some(listed) = &mut self.listed {
+            match listed.read(reported) {
+                Ok(table) => return Ok(table),
+                Err(err) => {
+                    warn!(%err, "listmount(2) failed: reading the mount table from /proc/self/mountinfo from now on");
+                    self.listed = None;
+                }
+            }
+        }
         MountTable::read_self()
+    }
+
+    fn changes(&mut self) -> Option<Vec<Arc<Mount>>> {
+        self.listed.as_mut().and_then(|listed| listed.changes.take())
     }
 
     async fn changed(&mut self) -> std::io::Result<()> {
         self.fd.ready(Interest::PRIORITY).await?.clear_ready();
+        self.reported = true;
         Ok(())
+    }
+}
+
+/// The table from listmount(2) and statmount(2). The mounts already asked
+/// about are kept with their unique id, which the kernel never gives again: a
+/// change costs one listmount and a statmount per new mount, where mountinfo
+/// formats every mount of the namespace on every read, and the new table shares
+/// the mounts it has in common with the last one.
+///
+/// A mount keeps its id when it is moved (`mount --move`) or its propagation is
+/// changed: a change the kernel reports that neither adds nor removes a mount is
+/// read as such a one, and every mount is asked about again. Such a change made
+/// in the same moment as a mount or unmount is seen at the next change of its
+/// own kind.
+pub struct Listed {
+    ids: Vec<u64>,
+    /// The mounts of the last table, ascending by unique id.
+    known: Vec<(u64, Arc<Mount>)>,
+    /// What the last read found added, removed or changed, for one taker.
+    changes: Option<Vec<Arc<Mount>>>,
+    buf: Vec<u8>,
+}
+
+impl Listed {
+    /// A reader whose table is the one mountinfo shows, read side by side with
+    /// it (up to three times, in case a mount came or went between the two); or
+    /// why not.
+    pub fn agreeing() -> Result<Listed, String> {
+        let mut listed = Listed { ids: Vec::new(), known: Vec::new(), changes: None, buf: Vec::new() };
+        let mut why = String::new();
+        for _ in 0..3 {
+            let table = listed.read(false).map_err(|err| format!("listmount(2) or statmount(2): {err}"))?;
+            let text = MountTable::read_self().map_err(|err| err.to_string())?;
+            if table == text {
+                listed.changes = None;
+                return Ok(listed);
+            }
+            let first = table.mounts.iter().zip(&text.mounts).find(|(a, b)| a != b);
+            why = format!(
+                "listmount(2) and mountinfo disagree: {} against {} mounts, first differing {:?}",
+                table.mounts.len(),
+                text.mounts.len(),
+                first
+            );
+        }
+        Err(why)
+    }
+
+    /// The table now: one listmount, and a statmount for each mount not seen
+    /// before; for every mount when the kernel `reported` a change and none came
+    /// or went.
+    pub fn read(&mut self, reported: bool) -> Result<MountTable, Errno> {
+        sys::listmount::list_mounts(&mut self.ids)?;
+        // Ascending as listed since Linux 6.8; the walk below needs it.
+        if !self.ids.windows(2).all(|pair| pair[0] <= pair[1]) {
+            self.ids.sort_unstable();
+        }
+        let again = reported && self.ids.iter().eq(self.known.iter().map(|(id, _)| id));
+        let mut known = Vec::with_capacity(self.ids.len());
+        let mut changes = Vec::new();
+        let mut old = std::mem::take(&mut self.known).into_iter().peekable();
+        for &id in &self.ids {
+            // The mounts gone since the last read.
+            while let Some((_, gone)) = old.next_if(|(seen, _)| *seen < id) {
+                changes.push(gone);
+            }
+            let before = old.next_if(|(seen, _)| *seen == id).map(|(_, mount)| mount);
+            let mount = match before {
+                Some(mount) if !again => mount,
+                before => match sys::listmount::stat_mount(id, &mut self.buf) {
+                    Ok(now) => match before {
+                        Some(mount) if *mount == now => mount,
+                        before => {
+                            changes.extend(before);
+                            let now = Arc::new(now);
+                            changes.push(now.clone());
+                            now
+                        }
+                    },
+                    // Unmounted since it was listed: as if listed a moment later.
+                    Err(Errno::ENOENT) => {
+                        changes.extend(before);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
+            };
+            known.push((id, mount));
+        }
+        changes.extend(old.map(|(_, gone)| gone));
+        let table = MountTable::from_shared(known.iter().map(|(_, mount)| mount.clone()).collect());
+        self.known = known;
+        self.changes = Some(changes);
+        Ok(table)
     }
 }
 
@@ -160,7 +298,7 @@ impl MountWatch {
                 let reads = inner.started.fetch_add(1, Ordering::SeqCst) + 1;
                 let failed = match source.read() {
                     Ok(table) => {
-                        inner.publish(table);
+                        inner.publish(table, source.changes());
                         None
                     }
                     Err(err) => {
@@ -225,24 +363,49 @@ impl MountWatch {
 
     /// Publishes a new table as if read from the kernel: for tests.
     pub fn publish(&self, table: MountTable) {
-        self.inner.publish(table);
+        self.inner.publish(table, None);
     }
 }
 
 impl Inner {
     /// Makes `table` the latest and wakes the subscribers of each path where
-    /// it differs from the one before: a look at each watched path, not at
-    /// every mount.
-    fn publish(&self, table: MountTable) {
+    /// it differs from the one before: of the mount points of `changes` when the
+    /// source told them, or else of each watched path where the two tables differ
+    /// (a look at each, not at every mount).
+    fn publish(&self, table: MountTable, changes: Option<Vec<Arc<Mount>>>) {
         let table = Arc::new(table);
         let old = std::mem::replace(&mut *self.latest.lock().expect("table lock"), table.clone());
         let subs = self.subscribers.lock().expect("subscribers lock");
-        for (path, list) in &subs.by_path {
-            if old.at(path).ne(table.at(path)) {
-                for tx in list.iter().filter_map(|(_, tx)| tx.upgrade()) {
-                    tx.send_modify(|n| *n += 1);
+        let wake = |list: &Vec<Waker>| {
+            for tx in list.iter().filter_map(|(_, tx)| tx.upgrade()) {
+                tx.send_modify(|n| *n += 1);
+            }
+        };
+        match changes {
+            Some(changes) => {
+                for mount in &changes {
+                    subs.by_path.get(&mount.mount_point).into_iter().for_each(wake);
                 }
             }
+            None => {
+                for (path, list) in &subs.by_path {
+                    if differ(old.at(path), table.at(path)) {
+                        wake(list);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether two lists of mounts differ. A mount both tables share is the same
+/// without a look at its fields.
+fn differ<'a>(mut a: impl Iterator<Item = &'a Mount>, mut b: impl Iterator<Item = &'a Mount>) -> bool {
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return false,
+            (Some(x), Some(y)) if std::ptr::eq(x, y) || x == y => {}
+            _ => return true,
         }
     }
 }
@@ -276,6 +439,25 @@ mod tests {
         drop(a);
         drop(b);
         assert!(watch.inner.subscribers.lock().unwrap().by_path.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn changes_a_source_tells_wake_only_the_subscribers_of_their_mount_points() {
+        let root = "1 0 0:1 / / rw - ext4 /dev/a rw";
+        let watch = MountWatch::with_table(table(&[root, "3 1 0:3 / /b rw - fuse.x x rw"]));
+        let mut a = watch.subscribe(&[Path::new("/a")]);
+        let mut b = watch.subscribe(&[Path::new("/b")]);
+        a.mark_seen();
+        b.mark_seen();
+        // /b's mount went and /a's came, but the source told of /a's alone: only
+        // the told mount points are looked at.
+        let new = table(&[root, "2 1 0:2 / /a rw - fuse.x x rw"]);
+        let told = vec![new.mounts[1].clone()];
+        watch.inner.publish(new, Some(told));
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.changed()).await.expect("a woken");
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(50), b.changed()).await;
+        assert!(woken.is_err(), "b's mount point was not told");
+        assert!(watch.latest().is_mount_point(Path::new("/a")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::fast_hash::FastBuild;
 
 /// One line of mountinfo, reduced to what sidemount decides with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +34,41 @@ impl Mount {
 
 /// A snapshot of the mount table, in the kernel's order, indexed by mount
 /// point: every question about one path costs the mounts at that path, not
-/// the whole table.
+/// the whole table. The mounts are shared: a table made from the one before
+/// it (see `mount_watch::Listed`) copies none of them.
 #[derive(Debug, Clone, Default)]
 pub struct MountTable {
-    pub mounts: Vec<Mount>,
-    /// The indices into `mounts` of the mounts at each mount point, in order.
-    by_point: HashMap<PathBuf, Vec<usize>>,
+    pub mounts: Vec<Arc<Mount>>,
+    /// The index into `mounts` of the first mount at each mount point ...
+    by_point: HashMap<Point, usize, FastBuild>,
+    /// ... and, for each mount, of the next one at its mount point (or `NONE`).
+    next_at_point: Vec<usize>,
+}
+
+const NONE: usize = usize::MAX;
+
+/// A mount point as the key of the index: the mount's own path, not a copy of it.
+#[derive(Debug, Clone)]
+struct Point(Arc<Mount>);
+
+impl std::hash::Hash for Point {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.mount_point.hash(state);
+    }
+}
+
+impl PartialEq for Point {
+    fn eq(&self, other: &Point) -> bool {
+        self.0.mount_point == other.0.mount_point
+    }
+}
+
+impl Eq for Point {}
+
+impl std::borrow::Borrow<Path> for Point {
+    fn borrow(&self) -> &Path {
+        &self.0.mount_point
+    }
 }
 
 impl PartialEq for MountTable {
@@ -78,11 +110,21 @@ impl MountTable {
 
     /// A table of these mounts, in this order.
     pub fn from_mounts(mounts: Vec<Mount>) -> MountTable {
-        let mut by_point: HashMap<PathBuf, Vec<usize>> = HashMap::with_capacity(mounts.len());
-        for (i, m) in mounts.iter().enumerate() {
-            by_point.entry(m.mount_point.clone()).or_default().push(i);
+        MountTable::from_shared(mounts.into_iter().map(Arc::new).collect())
+    }
+
+    /// A table of these mounts, in this order, sharing them.
+    pub fn from_shared(mounts: Vec<Arc<Mount>>) -> MountTable {
+        let mut by_point = HashMap::with_capacity_and_hasher(mounts.len(), FastBuild::default());
+        let mut next_at_point = vec![NONE; mounts.len()];
+        // From the last mount back: each one found at its point is the next after
+        // the one now first there.
+        for (i, m) in mounts.iter().enumerate().rev() {
+            if let Some(next) = by_point.insert(Point(m.clone()), i) {
+                next_at_point[i] = next;
+            }
         }
-        MountTable { mounts, by_point }
+        MountTable { mounts, by_point, next_at_point }
     }
 
     pub fn read_self() -> Result<MountTable, std::io::Error> {
@@ -95,7 +137,11 @@ impl MountTable {
 
     /// Every mount made at `path`, in the kernel's order.
     pub fn at<'a>(&'a self, path: &Path) -> impl Iterator<Item = &'a Mount> + 'a {
-        self.by_point.get(path).into_iter().flatten().map(|&i| &self.mounts[i])
+        let first = self.by_point.get(path).copied().unwrap_or(NONE);
+        std::iter::successors(Some(first).filter(|&i| i != NONE), |&i| {
+            Some(self.next_at_point[i]).filter(|&next| next != NONE)
+        })
+        .map(|i| &*self.mounts[i])
     }
 
     /// The mounts made exactly at `path`, bottom first.
@@ -319,7 +365,8 @@ mod tests {
     fn the_index_answers_like_a_scan_of_the_table() {
         let t = table("sidecar-leftovers");
         for m in &t.mounts {
-            let scanned: Vec<&Mount> = t.mounts.iter().filter(|o| o.mount_point == m.mount_point).collect();
+            let scanned: Vec<&Mount> =
+                t.mounts.iter().filter(|o| o.mount_point == m.mount_point).map(|o| &**o).collect();
             assert_eq!(t.at(&m.mount_point).collect::<Vec<_>>(), scanned);
         }
     }

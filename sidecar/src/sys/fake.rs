@@ -221,7 +221,7 @@ impl FakeSys {
     pub fn mounted(self, lines: &[&str]) -> Self {
         let table = MountTable::parse_bytes(lines.join("\n").as_bytes()).expect("mountinfo lines");
         let next = table.mounts.iter().map(|m| m.id).max().unwrap_or(0) + 1;
-        *self.mounts.lock().unwrap() = Some((table.mounts, next));
+        *self.mounts.lock().unwrap() = Some((table.mounts.iter().map(|m| Mount::clone(m)).collect(), next));
         self
     }
 
@@ -256,7 +256,7 @@ impl FakeSys {
     /// Adds a mount, as someone else's mount(2) would: a line of mountinfo,
     /// whose id is replaced by a new one. Returns the id.
     pub fn mount(&self, line: &str) -> i32 {
-        let mut mount = MountTable::parse_bytes(line.as_bytes()).expect("a mountinfo line").mounts.remove(0);
+        let mut mount = Mount::clone(&MountTable::parse_bytes(line.as_bytes()).expect("a mountinfo line").mounts[0]);
         let mut mounts = self.mounts.lock().unwrap();
         let (list, next) = mounts.get_or_insert_with(Default::default);
         let id = *next;

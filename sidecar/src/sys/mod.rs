@@ -19,6 +19,7 @@ mod bounded;
 #[cfg(test)]
 pub mod fake;
 mod fd;
+pub mod listmount;
 
 pub use bounded::{bounded, prestart as prestart_bounded_calls, InFlight, TimedOut};
 pub use fd::{watch_fd, OwnsFd, Ticker};
