@@ -70,20 +70,26 @@ pub fn prestart() {
 /// The threads of bounded calls. A thread that finished a call waits for the
 /// next one instead of exiting, so a burst of calls (a start or a shutdown of
 /// many volumes) reuses a few threads instead of creating one per call. At
-/// most [`pool::MAX_IDLE`] wait, blocked on a channel with no timeout: an idle
-/// supervisor's waiting threads are woken by nothing, and a thread beyond them
-/// exits as soon as its call is done, during the burst rather than later.
+/// most [`pool::MAX_IDLE`] wait for good, blocked on a channel with no timeout:
+/// an idle supervisor's waiting threads are woken by nothing. A thread beyond
+/// them waits [`pool::LINGER`] for another call and then exits: within a burst
+/// it serves the next call instead of a new thread being made for it.
 mod pool {
-    use std::sync::mpsc::{channel, Sender};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     pub type Job = Box<dyn FnOnce() + Send>;
 
-    /// Idle threads kept at most; one more exits when done.
+    /// Idle threads kept for good.
     pub const MAX_IDLE: usize = 4;
+    /// How long a thread beyond them waits for another call.
+    pub const LINGER: Duration = Duration::from_millis(200);
 
-    /// The idle threads: where to hand each a call.
-    static IDLE: Mutex<Vec<Sender<Job>>> = Mutex::new(Vec::new());
+    /// The idle threads, by number: where to hand each a call.
+    static IDLE: Mutex<Vec<(u64, Sender<Job>)>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
 
     /// Runs `job` on an idle thread, or on a new one.
     pub fn run(job: Job) -> std::io::Result<()> {
@@ -91,7 +97,7 @@ mod pool {
         // A thread in the list waits on its channel until a call comes: the send
         // fails only if it died (a call that panicked), and the call runs anew.
         let job = match worker {
-            Some(worker) => match worker.send(job) {
+            Some((_, worker)) => match worker.send(job) {
                 Ok(()) => return Ok(()),
                 Err(returned) => returned.0,
             },
@@ -102,20 +108,41 @@ mod pool {
     }
 
     fn serve(mut job: Job) {
+        let me = NEXT.fetch_add(1, Ordering::Relaxed);
         loop {
             job();
             let (tx, rx) = channel();
-            {
+            let for_good = {
                 let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() >= MAX_IDLE {
-                    return;
-                }
-                idle.push(tx);
-            }
-            job = match rx.recv() {
-                Ok(next) => next,
-                Err(_) => return,
+                let for_good = idle.len() < MAX_IDLE;
+                idle.push((me, tx));
+                for_good
             };
+            let next = match for_good {
+                true => rx.recv().ok(),
+                false => match rx.recv_timeout(LINGER) {
+                    Ok(next) => Some(next),
+                    Err(RecvTimeoutError::Disconnected) => None,
+                    Err(RecvTimeoutError::Timeout) => {
+                        let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+                        match idle.iter().position(|(id, _)| *id == me) {
+                            Some(at) => {
+                                idle.swap_remove(at);
+                                None
+                            }
+                            // Taken from the list as the wait ended: its call is on the way.
+                            None => {
+                                drop(idle);
+                                rx.recv().ok()
+                            }
+                        }
+                    }
+                },
+            };
+            match next {
+                Some(next) => job = next,
+                None => return,
+            }
         }
     }
 
@@ -171,6 +198,33 @@ mod tests {
         let stuck = bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_millis(500))).await;
         assert_eq!(stuck, Err(TimedOut(Duration::from_millis(50))));
         assert_eq!(bounded(Duration::from_secs(5), || 7).await, Ok(7));
+    }
+
+    #[test]
+    fn threads_beyond_the_kept_ones_wait_a_while_for_more_calls_and_then_go() {
+        // Eight calls under way at once: eight threads.
+        let barrier = Arc::new(std::sync::Barrier::new(9));
+        for _ in 0..8 {
+            let barrier = barrier.clone();
+            pool::run(Box::new(move || {
+                barrier.wait();
+            }))
+            .unwrap();
+        }
+        barrier.wait();
+        let waiting = |enough: &dyn Fn(usize) -> bool, within: Duration| {
+            let until = std::time::Instant::now() + within;
+            while !enough(pool::idle()) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            pool::idle()
+        };
+        // Done, all of them wait for the next call of the burst ...
+        let idle = waiting(&|n| n >= 8, Duration::from_secs(2));
+        assert!(idle >= 8, "{idle} threads waiting after a burst of 8");
+        // ... and those beyond the kept ones go once no call came for a while.
+        let idle = waiting(&|n| n <= pool::MAX_IDLE, pool::LINGER + Duration::from_secs(2));
+        assert!(idle <= pool::MAX_IDLE, "{idle} threads still waiting");
     }
 
     #[tokio::test(start_paused = true)]
