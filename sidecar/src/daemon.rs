@@ -175,12 +175,17 @@ pub struct Launch<'a> {
 impl Daemon {
     pub fn spawn(children: &Children, launch: Launch<'_>) -> Result<Daemon, SpawnError> {
         let program = &launch.argv[0];
+        // One pipe for stdout and stderr, as a terminal shows both: one descriptor
+        // per daemon here, where every spawn copies them all and closes them in the child.
+        let spawn_error = |source: std::io::Error| SpawnError::Spawn { program: program.clone(), source };
+        let (output, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
+        let stderr = writer.try_clone().map_err(spawn_error)?;
         let mut cmd = Command::new(program);
         cmd.args(&launch.argv[1..])
             .envs(launch.env)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(writer)
+            .stderr(stderr)
             // Its own group: a wrapper script and what it starts are signalled together.
             .process_group(0)
             .kill_on_drop(false);
@@ -190,13 +195,15 @@ impl Daemon {
                 cmd.env_remove(key);
             }
         }
-        let mut child = children.spawn(&mut cmd, program)?;
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(output).map_err(spawn_error)?;
+        let child = children.spawn(&mut cmd, program)?;
+        // The child's copies of the write end are all that keep the pipe open now.
+        drop(cmd);
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         let tail = Arc::new(Mutex::new(Tail::default()));
         let redactor = Arc::new(Redactor::new(launch.secrets));
         let span = tracing::info_span!("daemon", pid);
-        // One task and one buffer for both pipes: an idle daemon costs a few KiB.
-        let forward = forward(child.stdout.take(), child.stderr.take(), redactor, tail.clone());
+        let forward = forward(output, redactor, tail.clone());
         let forwarders = vec![tokio::spawn(forward.instrument(span))];
         Ok(Daemon { child, pid, tail, forwarders })
     }
@@ -233,73 +240,33 @@ impl Daemon {
     }
 }
 
-/// Logs a daemon's output (stdout and stderr) line by line until both pipes
-/// close: lossily (invalid UTF-8 becomes U+FFFD), secrets blanked, long lines
-/// cut. It never stops early: a pipe closed under a daemon kills it with SIGPIPE
-/// at its next write.
-async fn forward<O, E>(mut out: Option<O>, mut err: Option<E>, redactor: Arc<Redactor>, tail: Arc<Mutex<Tail>>)
-where
-    O: tokio::io::AsyncRead + Unpin,
-    E: tokio::io::AsyncRead + Unpin,
-{
-    let mut on_line = |raw: &[u8]| {
-        if let Some(line) = redactor.render_line(raw) {
-            tracing::info!(target: "sidemount::daemon", "{line}");
-            tail.lock().expect("tail lock").push(&line);
-        }
-    };
-    let (mut out_lines, mut err_lines) = (Lines::new(redactor.lookahead()), Lines::new(redactor.lookahead()));
-    let mut buf = vec![0u8; 2 * PIPE_READ];
-    let (out_buf, err_buf) = buf.split_at_mut(PIPE_READ);
-    while out.is_some() || err.is_some() {
-        tokio::select! {
-            read = read_some(&mut out, out_buf) => match read {
-                Some(n) => out_lines.feed(&out_buf[..n], &mut on_line),
-                None => {
-                    out = None;
-                    out_lines.finish(&mut on_line);
-                }
-            },
-            read = read_some(&mut err, err_buf) => match read {
-                Some(n) => err_lines.feed(&err_buf[..n], &mut on_line),
-                None => {
-                    err = None;
-                    err_lines.finish(&mut on_line);
-                }
-            },
-        }
-    }
+/// Logs a daemon's output (stdout and stderr, one pipe) line by line until the
+/// pipe closes: lossily (invalid UTF-8 becomes U+FFFD), secrets blanked, long
+/// lines cut. It never stops early: a pipe closed under a daemon kills it with
+/// SIGPIPE at its next write.
+async fn forward<R: tokio::io::AsyncRead + Unpin>(output: R, redactor: Arc<Redactor>, tail: Arc<Mutex<Tail>>) {
+    drain_lines(output, &redactor, PIPE_READ, |line| {
+        tracing::info!(target: "sidemount::daemon", "{line}");
+        tail.lock().expect("tail lock").push(&line);
+    })
+    .await;
 }
 
-/// How much of one pipe is read at a time.
+/// How much of a daemon's output is read at a time: its buffer is most of what
+/// an idle daemon costs the supervisor.
 const PIPE_READ: usize = 4096;
 
-/// The next bytes of an open pipe (their count), or None once it is closed or
-/// failed; never resolves for a pipe already closed.
-async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
-    let Some(reader) = pipe.as_mut() else { return std::future::pending().await };
-    loop {
-        match reader.read(buf).await {
-            Ok(0) => return None,
-            Ok(n) => return Some(n),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                tracing::debug!(%err, "output pipe failed");
-                return None;
-            }
-        }
-    }
-}
-
-/// Reads `reader` to its end and hands each non-blank line to `on_line`, rendered
-/// by `redactor`. Memory stays bounded whatever the input (see [`Lines`]).
+/// Reads `reader` to its end, `read_at_once` bytes at a time, and hands each
+/// non-blank line to `on_line`, rendered by `redactor`. Memory stays bounded
+/// whatever the input (see [`Lines`]).
 async fn drain_lines<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     redactor: &Redactor,
+    read_at_once: usize,
     mut on_line: impl FnMut(String),
 ) {
     let mut lines = Lines::new(redactor.lookahead());
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; read_at_once];
     let mut emit = |raw: &[u8]| {
         if let Some(line) = redactor.render_line(raw) {
             on_line(line);
@@ -544,7 +511,7 @@ pub async fn run_helper(
         let mut tail = Tail::default();
         let errors = async {
             if let Some(pipe) = stderr.take() {
-                drain_lines(pipe, &redactor, |line| tail.push(&line)).await;
+                drain_lines(pipe, &redactor, 16 * 1024, |line| tail.push(&line)).await;
             }
         };
         let (out, ()) = tokio::join!(read_head(stdout.take(), HELPER_STDOUT + redactor.lookahead()), errors);
