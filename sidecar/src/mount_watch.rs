@@ -72,11 +72,6 @@ impl Mountinfo {
         };
         Ok(Mountinfo { fd: sys::watch_fd(file, Interest::PRIORITY)?, listed, reported: false })
     }
-
-    /// Whether the table is read with listmount(2) rather than from mountinfo's text.
-    pub fn is_listed(&self) -> bool {
-        self.listed.is_some()
-    }
 }
 
 impl MountSource for Mountinfo {
