@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         for (i, m) in stack.iter().enumerate() {
             assert!(!stack[..i].iter().any(|seen| std::ptr::eq(*seen, *m)), "a mount twice in the stack at {path:?}");
         }
-        let scanned: Vec<&Mount> = table.mounts.iter().filter(|m| m.mount_point == *path).collect();
+        let scanned: Vec<&Mount> = table.mounts.iter().filter(|m| m.mount_point == *path).map(|m| &**m).collect();
         assert_eq!(table.at(path).collect::<Vec<_>>(), scanned, "the index disagrees at {path:?}");
         let _ = table.holder_of(path);
         let _ = table.above_base(path, Mount::is_fuse);
