@@ -4,8 +4,9 @@
 //! (`inject::inject`, the webhook's path) and as a YAML stream.
 //!
 //! Asserted: no panic; within the time bound; what is injected, the supervisor
-//! reads (its `SIDEMOUNT_VOLUMES` passes `spec::load`); injecting twice changes
-//! nothing; both paths agree.
+//! reads (its `SIDEMOUNT_VOLUMES` passes `spec::load`), and reads as the
+//! annotation says (each volume's source, options and env); injecting twice
+//! changes nothing; both paths agree.
 
 #![no_main]
 
@@ -23,16 +24,16 @@ fn config() -> Config {
     Config { image: "example.org/sidemount:fuzz".into(), mode: Mode::Native, shutdown_timeout: Duration::from_secs(20) }
 }
 
-/// The sidecar of an injected pod holds a spec the supervisor accepts.
-fn check_injected(pod: &Value) {
+/// The sidecar of an injected pod holds a spec the supervisor accepts; returns
+/// its volumes.
+fn check_injected(pod: &Value) -> Vec<spec::Volume> {
     let sidecar = pod["spec"]["initContainers"]
         .as_array()
         .and_then(|list| list.iter().find(|c| c["name"] == inject::CONTAINER_NAME))
         .expect("an injected pod has the sidecar");
     let specs = sidecar["env"][0]["value"].as_str().expect("SIDEMOUNT_VOLUMES");
-    if let Err(invalid) = spec::load(&[SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: specs.into() }]) {
-        panic!("the supervisor refuses what injection wrote:\n{invalid}\n{specs}");
-    }
+    spec::load(&[SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: specs.into() }])
+        .unwrap_or_else(|invalid| panic!("the supervisor refuses what injection wrote:\n{invalid}\n{specs}"))
 }
 
 fn stream(text: &str) {
@@ -60,7 +61,19 @@ fuzz_target!(|data: &[u8]| {
         let direct = inject::inject(&pod, &config);
         match &direct {
             Ok(Outcome::Injected { pod: injected, .. }) => {
-                check_injected(injected);
+                let read = check_injected(injected);
+                let annotated = spec::load(&[SpecText { origin: "annotation".into(), text: text.into() }])
+                    .expect("an annotation injection took is a valid spec");
+                for volume in &read {
+                    let from =
+                        annotated.iter().find(|a| a.name == volume.name).expect("an injected volume is annotated");
+                    assert_eq!(
+                        (&volume.source, &volume.options, &volume.env),
+                        (&from.source, &from.options, &from.env),
+                        "the supervisor would read volume {} otherwise than the annotation says",
+                        volume.name
+                    );
+                }
                 assert_eq!(inject::inject(injected, &config).unwrap(), Outcome::AlreadyInjected);
             }
             Ok(other) => panic!("a pod with the annotation was {other:?}"),

@@ -107,7 +107,29 @@ pub(super) fn sidecar_spec(served: &[RawVolume]) -> String {
             raw
         })
         .collect();
-    serde_json::to_string(&specs).expect("volume specs have string keys only")
+    yaml_safe(serde_json::to_string(&specs).expect("volume specs have string keys only"))
+}
+
+/// JSON that the supervisor's YAML reader reads back unchanged. JSON escapes
+/// only the controls below U+0020; YAML refuses DEL, the C1 controls and
+/// U+FFFE/U+FFFF anywhere in a stream, quoted strings included, and reads
+/// U+0085 in a quoted string as a line break, folded into a space (U+2028 and
+/// U+2029, line breaks to YAML 1.1 too, are escaped as well). Each is written
+/// as a `\uXXXX` escape, which both read as the character itself; they can
+/// only be inside strings.
+fn yaml_safe(json: String) -> String {
+    let unsafe_in_yaml = |c: char| matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}');
+    if !json.contains(unsafe_in_yaml) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 32);
+    for c in json.chars() {
+        match unsafe_in_yaml(c) {
+            true => out.push_str(&format!("\\u{:04x}", c as u32)),
+            false => out.push(c),
+        }
+    }
+    out
 }
 
 /// The container that mounts the volumes, with their spec in `SIDEMOUNT_VOLUMES`.
@@ -179,6 +201,27 @@ mod tests {
     use super::*;
     use crate::inject::tests::{app, config, injected, pod, FUSE};
     use crate::inject::*;
+
+    #[test]
+    fn the_spec_injection_writes_reads_back_the_same_with_any_character() {
+        // Found by fuzzing: a C1 control in a command was written raw, and the
+        // supervisor's YAML reader refused the spec. A line break only YAML knows
+        // was read back as a space.
+        let odd = "a\u{7f}b\u{85}c\u{90}d\u{9f}e\u{2028}f\u{2029}g\u{fffe}h\u{ffff}i\u{a0}j\u{1}k\u{feff}l\u{1F600}";
+        let escaped = r#""a\u007fb\u0085c\u0090d\u009fe\u2028f\u2029g\ufffeh\uffffi\u00a0j\u0001k\ufeffl\U0001F600""#;
+        let annotation =
+            format!("- name: data\n  type: fuse\n  command: [rclone, mount, {escaped}, \"{{mountpoint}}\"]\n");
+        let served = spec::parse_raw("annotation", &annotation).expect("the annotation parses");
+        let written = sidecar_spec(&served);
+        let read = spec::load(&[spec::SpecText { origin: "SIDEMOUNT_VOLUMES".into(), text: written.clone() }])
+            .unwrap_or_else(|invalid| panic!("{invalid}\n{written}"));
+        match &read[0].source {
+            spec::Source::Fuse { command } => assert_eq!(command[2], odd, "{written}"),
+            other => panic!("{other:?}"),
+        }
+        // Plain text is left as it was written.
+        assert_eq!(yaml_safe("[\"é\u{a0}\"]".into()), "[\"é\u{a0}\"]");
+    }
 
     #[test]
     fn native_sidecar_is_the_first_init_container() {
