@@ -62,6 +62,7 @@ work=$(mktemp -d /tmp/sidemount-e2e.XXXXXX)
 node=$work/node          # D: the tmpfs with shared propagation
 logs=$work/logs
 mkdir -p "$node" "$logs"
+: >"$work/pids"
 
 unmount_under() { # every mount below $1 (not $1 itself), innermost first
   local m
@@ -79,8 +80,31 @@ stop_case_containers() {
   ids=$(docker ps -q --filter "label=$run_id=$1")
   [ -z "$ids" ] || echo "$ids" | xargs docker stop -t 20 >/dev/null 2>&1 || true
 }
+# alive PID: the process runs (a zombie, already ended, does not).
+alive() {
+  local state
+  state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+# Ends the processes the cases started on the host (moto; their pids in
+# $work/pids), by pid: SIGTERM, then SIGKILL for any still running after 10 s.
+end_processes() {
+  local pid running=()
+  [ -s "$work/pids" ] || return 0
+  while read -r pid; do
+    alive "$pid" && kill "$pid" 2>/dev/null && running+=("$pid")
+  done <"$work/pids"
+  : >"$work/pids"
+  for pid in "${running[@]}"; do
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    ! alive "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    # Reaped by the shell that started it (the case's), if this is that shell.
+    wait "$pid" 2>/dev/null || true
+  done
+}
 cleanup() {
   set +e
+  end_processes
   docker ps -aq --filter "label=$run_id" | xargs -r docker rm -f >/dev/null 2>&1
   docker image rm -f "$run_id-ofs:dev" >/dev/null 2>&1
   unmount_under "$node"
@@ -348,6 +372,8 @@ moto_up() {
   pause=$(docker run -d --label "$run_id=$case" --entrypoint sh "$SIDECAR_IMAGE" -c 'trap "exit 0" TERM; while :; do sleep 1; done')
   nsenter -t "$(pid_of "$pause")" -n "$moto" -H 127.0.0.1 -p "$s3_port" >"$dir/moto.log" 2>&1 &
   echo $! >>"$work/pids"
+  # Ended, and reaped, when the case's subshell exits.
+  trap end_processes EXIT
   wait_for 30 s3 "http://127.0.0.1:$s3_port/" || fail "moto did not start: $(tail -5 "$dir/moto.log")"
   s3 -X PUT "http://127.0.0.1:$s3_port/e2e-bucket" >/dev/null
 }
@@ -533,6 +559,12 @@ for case in "${selected[@]}"; do
   # leaves running must come down cleanly too, and leave the node clean.
   stop_case_containers "$case"
   remove_containers "$case"
+  left=$(while read -r pid; do ! alive "$pid" || echo "$pid"; done <"$work/pids" | xargs)
+  if [ -n "$left" ]; then
+    echo "FAILED: processes the case started were left running: $left" >>"$logs/$case.log"
+    rc=1
+  fi
+  end_processes
   leftover=$(node_mounts)
   if [ -n "$leftover" ]; then
     echo "FAILED: mounts left on the node after the case: $leftover" >>"$logs/$case.log"
