@@ -207,13 +207,13 @@ impl<'p> Supervisor<'p> {
         http::get(self.addr, path, HTTP_TIMEOUT)
     }
 
-    /// Status code of /readyz, None if it does not answer.
     /// When the process that execs sidemount was spawned: after the spec, the log
     /// files and the port were made ready.
     pub fn spawned_at(&self) -> std::time::SystemTime {
         self.spawned
     }
 
+    /// Status code of /readyz, None if it does not answer.
     pub fn readyz(&self) -> Option<u16> {
         self.get("/readyz").ok().map(|r| r.status)
     }
