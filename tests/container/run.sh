@@ -86,6 +86,7 @@ alive() {
   state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null)
   [ -n "$state" ] && [ "$state" != Z ]
 }
+ended() { ! alive "$1"; }
 # Ends the processes the cases started on the host (moto; their pids in
 # $work/pids), by pid: SIGTERM, then SIGKILL for any still running after 10 s.
 end_processes() {
@@ -96,8 +97,7 @@ end_processes() {
   done <"$work/pids"
   : >"$work/pids"
   for pid in "${running[@]}"; do
-    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-    ! alive "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    wait_for 10 ended "$pid" || kill -KILL "$pid" 2>/dev/null || true
     # Reaped by the shell that started it (the case's), if this is that shell.
     wait "$pid" 2>/dev/null || true
   done
