@@ -57,17 +57,18 @@ pub fn parse(text: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// Mounts as seen by process `pid`, or an empty list if it is gone.
+/// Mounts as seen by process `pid`, or an empty list if it is gone. A path that
+/// is not UTF-8 is read lossily: the table is never taken for an empty one.
 pub fn of_pid(pid: u32) -> Vec<Mount> {
-    match fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
-        Ok(text) => parse(&text),
+    match fs::read(format!("/proc/{pid}/mountinfo")) {
+        Ok(text) => parse(&String::from_utf8_lossy(&text)),
         Err(_) => Vec::new(),
     }
 }
 
 /// Mounts of the test process itself: the host's namespace.
 pub fn host() -> Vec<Mount> {
-    parse(&fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo"))
+    parse(&String::from_utf8_lossy(&fs::read("/proc/self/mountinfo").expect("read /proc/self/mountinfo")))
 }
 
 /// Mounts whose mount point is `dir` or below it.
