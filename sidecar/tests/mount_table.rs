@@ -1,7 +1,7 @@
 //! The two ways the supervisor reads the mount table, listmount(2) with
 //! statmount(2) and mountinfo's text, give the same table in a sidecar's
 //! namespace: past one page of listmount, with a FUSE mount's subtype, paths
-//! and sources mountinfo escapes, shared and slave mounts; and the listmount
+//! and sources mountinfo escapes or that are not UTF-8, shared and slave mounts; and the listmount
 //! reader sees a mount moved or made shared in place, which keeps its id.
 
 mod support;
@@ -42,6 +42,7 @@ fn listmount_reads_the_table_mountinfo_shows_and_sees_changes_in_place() {
          i=0; while [ $i -lt {mounts} ]; do mkdir '{d}'/m$i; mount -t tmpfs \"src $i\" '{d}'/m$i; i=$((i+1)); done
          mkdir '{d}/a b\\c' '{d}'/shared '{d}'/slave '{d}'/moved '{d}'/fuse '{d}'/src
          mount -t tmpfs 'with\\back slash' '{d}/a b\\c'
+         bad=$(printf '{d}/not\\377utf8'); mkdir \"$bad\"; mount -t tmpfs \"$(printf 'src\\377')\" \"$bad\"
          mount -t tmpfs s '{d}'/shared; mount --make-shared '{d}'/shared
          mount --bind '{d}'/shared '{d}'/slave; mount --make-slave '{d}'/slave"
     );
